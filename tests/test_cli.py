@@ -56,8 +56,17 @@ def test_lab_starts_jupyterlab_on_notebooks_and_prints_url(tmp_path):
         assert any(f"notebook-dir={ROOT / 'notebooks'}" in s or "notebooks" in s for s in seen)
         import urllib.request
 
-        with urllib.request.urlopen(url.replace("/lab?", "/api/contents?"), timeout=30) as r:
-            listing = r.read().decode()
+        # straight to loopback, whatever proxy the environment names; the server may need a moment
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        for attempt in range(30):
+            try:
+                with opener.open(url.replace("/lab?", "/api/contents?"), timeout=30) as r:
+                    listing = r.read().decode()
+                break
+            except OSError:
+                if proc.poll() is not None or attempt == 29:
+                    raise
+                time.sleep(1)
         assert "01_msa_tour.ipynb" in listing, "JupyterLab does not serve notebooks/"
     finally:
         proc.terminate()
