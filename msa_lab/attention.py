@@ -5,7 +5,9 @@ Backends:
   "torch"     the memory-lean chunked torch path (msa_lab.torch_path), for CPUs and long contexts
   "reference" the float64 oracle (msa_lab.reference), small shapes only
 ``backend=None`` picks the first that applies, in that order; ``msa_lab.attention.resolve_backend``
-says which and why (``msa-lab info`` prints it).
+says which and why (``msa-lab info`` prints it). In automatic mode, shapes or dtypes the kernels do
+not support (``msa_lab.kernels.unsupported_reason``) run on the torch path; a forced
+``backend="triton"`` raises instead, naming what is supported.
 """
 from __future__ import annotations
 
@@ -64,6 +66,16 @@ def resolve_backend(device: torch.device | str = "cpu", backend: Optional[str] =
     return "torch", f"{device.type} tensors: chunked torch path (kernels need CUDA or TRITON_INTERPRET=1)"
 
 
+def _pick(device, backend: Optional[str], *tensors) -> str:
+    """Resolve the backend; in automatic mode, shapes the kernels don't take run on the torch path."""
+    name, _ = resolve_backend(device, backend)
+    if name == "triton" and backend is None:
+        why = getattr(_kernels()[0], "unsupported_reason", lambda *t: None)(*tensors)
+        if why:
+            return "torch"
+    return name
+
+
 def _impl(backend: str):
     if backend == "triton":
         return _kernels()[0]
@@ -88,8 +100,7 @@ def select_blocks(iq: torch.Tensor, ik: torch.Tensor, cfg: MSAConfig, *, backend
     checks.check_index_inputs(iq, ik, cfg)
     if check_finite:
         checks.check_finite(iq=iq, ik=ik)
-    name, _ = resolve_backend(iq.device, backend)
-    return _impl(name).select_blocks(iq, ik, cfg)
+    return _impl(_pick(iq.device, backend, iq)).select_blocks(iq, ik, cfg)
 
 
 def sparse_attention(q, k, v, idx, cfg: MSAConfig, return_lse: bool = False, *, backend: Optional[str] = None,
@@ -111,8 +122,7 @@ def sparse_attention(q, k, v, idx, cfg: MSAConfig, return_lse: bool = False, *, 
         idx = checks.check_indices(idx, q, k, cfg)
     if check_finite:
         checks.check_finite(q=q, k=k, v=v)
-    name, _ = resolve_backend(q.device, backend)
-    return _impl(name).sparse_attention(q, k, v, idx, cfg, return_lse=return_lse)
+    return _impl(_pick(q.device, backend, q)).sparse_attention(q, k, v, idx, cfg, return_lse=return_lse)
 
 
 def msa_attention(q, k, v, iq, ik, cfg: MSAConfig, return_lse: bool = False, return_indices: bool = False, *,
@@ -128,7 +138,9 @@ def msa_attention(q, k, v, iq, ik, cfg: MSAConfig, return_lse: bool = False, ret
     checks.check_pair(q, k, iq, ik)
     if check_finite:
         checks.check_finite(q=q, k=k, v=v, iq=iq, ik=ik)
-    name, _ = resolve_backend(q.device, backend)
+    name = _pick(q.device, backend, q)
+    if name == "triton" and backend is None and _pick(q.device, backend, iq) != "triton":
+        name = "torch"
     impl = _impl(name)
     if hasattr(impl, "msa_attention") and impl is not reference and impl is not torch_path:
         return impl.msa_attention(q, k, v, iq, ik, cfg, return_lse=return_lse, return_indices=return_indices)

@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("extra", nargs=argparse.REMAINDER)
         p.set_defaults(fn=_delegate(module, name))
-    args = ap.parse_args(argv)
+    args, unknown = ap.parse_known_args(argv)
+    if unknown:
+        if args.cmd not in ("bench", "train", "eval"):
+            ap.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.extra = unknown + args.extra  # options after `bench`/`train`/`eval` belong to that tool
     return args.fn(args)
 
 
