@@ -74,7 +74,8 @@ def select_blocks(iq: torch.Tensor, ik: torch.Tensor, cfg: MSAConfig) -> torch.T
     s = block_scores(iq, ik, cfg)
     s = s.masked_fill(forced_blocks(Nq, Nk, cfg, iq.device), float("inf"))
     k = min(cfg.top_k, s.shape[-1])
-    val, idx = s.topk(k, dim=-1)
+    val, idx = s.sort(dim=-1, descending=True, stable=True)  # exact ties: the lower block wins
+    val, idx = val[..., :k], idx[..., :k]
     idx = idx.masked_fill(val == -float("inf"), -1).to(torch.int32)
     if k < cfg.top_k:
         idx = torch.nn.functional.pad(idx, (0, cfg.top_k - k), value=-1)

@@ -45,12 +45,15 @@ def select_blocks(iq: torch.Tensor, ik: torch.Tensor, cfg: MSAConfig) -> torch.T
         b = torch.arange(nb_vis, device=iq.device)[None, :]
         visible = b <= own
         forced = visible & ((b < cfg.init_blocks) | (b > own - cfg.local_blocks))
-        fmax = torch.finfo(torch.float32).max
+        fmax = torch.finfo(best.dtype).max  # best may be bf16 under autocast
         # visible blocks with all -inf scores must still beat invisible ones
         best = torch.where(visible & (best == -float("inf")), torch.full_like(best, -fmax), best)
         best = best.masked_fill(~visible, -float("inf")).masked_fill(forced, float("inf"))
         kk = min(k_top, nb_vis)
-        val, idx = best.topk(kk, dim=-1)
+        # a stable sort breaks exact ties toward the lower block, so a chunked call selects exactly
+        # what the full call does (topk's tie order depends on the row length)
+        val, idx = best.sort(dim=-1, descending=True, stable=True)
+        val, idx = val[..., :kk], idx[..., :kk]
         out[:, :, s0:s1, :kk] = idx.masked_fill(val == -float("inf"), -1).to(torch.int32)
     return out
 
@@ -60,11 +63,8 @@ def sparse_attention(q, k, v, idx, cfg: MSAConfig, return_lse: bool = False):
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     g, bs, K = Hq // Hkv, cfg.block_size, idx.shape[-1]
-    nb = cfg.num_blocks(Nk)
     scale = cfg.softmax_scale(D)
-    pad = nb * bs - Nk
-    kb = torch.nn.functional.pad(k, (0, 0, 0, pad)).view(B, Hkv, nb, bs, D)
-    vb = torch.nn.functional.pad(v, (0, 0, 0, pad)).view(B, Hkv, nb, bs, D)
+    # gather key rows straight from k/v (no padded copy of the cache: decode stays O(top_k * block))
     qg = q.view(B, Hkv, g, Nq, D)
     o = torch.empty(B, Hkv, g, Nq, D, dtype=q.dtype, device=q.device)
     lse_out = torch.empty(B, Hkv, g, Nq, dtype=torch.float32, device=q.device)
@@ -83,11 +83,12 @@ def sparse_attention(q, k, v, idx, cfg: MSAConfig, return_lse: bool = False):
             blk = idx[:, :, s0:s1, t].long()  # [B, Hkv, C]
             valid = blk >= 0
             blk = blk.clamp(min=0)
-            kt = kb[bi, hi, blk].float()  # [B, Hkv, C, bs, D]
-            vt = vb[bi, hi, blk].float()
-            s = torch.einsum("bhgcd,bhcjd->bhgcj", qc, kt)
             key = blk[..., None] * bs + torch.arange(bs, device=q.device)  # [B, Hkv, C, bs]
-            ok = (key <= pos[None, None, :, None]) & valid[..., None]
+            ok = (key <= pos[None, None, :, None]) & valid[..., None]  # also drops keys past Nk
+            key = key.clamp(max=Nk - 1)
+            kt = k[bi[..., None], hi[..., None], key].float()  # [B, Hkv, C, bs, D]
+            vt = v[bi[..., None], hi[..., None], key].float()
+            s = torch.einsum("bhgcd,bhcjd->bhgcj", qc, kt)
             s = s.masked_fill(~ok[:, :, None], -float("inf"))
             m_new = torch.maximum(m, s.amax(-1))
             safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)

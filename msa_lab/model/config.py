@@ -1,0 +1,139 @@
+"""ModelConfig: the shape of the small multimodal transformer (msa-tiny and dense-200k).
+
+Both models share one backbone; only the attention differs:
+  attention="msa"    every layer is MSA (index branch + block-sparse main branch, public ops);
+  attention="dense"  dense causal GQA (torch SDPA), with a hard context limit (max_context).
+
+Why msa-tiny changes TINY's local_blocks from 1 to 2: the index branch carries no position (NoPE,
+see msa_lab.model.net), so it cannot prefer "the block just before mine" by recency. With a single
+local block, a query at the start of its block would see almost no preceding bytes unless the
+indexer happened to pick the previous block, and a byte-level model lives on its last few bytes.
+Two local blocks guarantee at least block_size preceding tokens; top_k stays 8 (1 init + 2 local +
+5 chosen by content). No layer is kept dense: a dense layer would make a 1M-token prefill quadratic.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import TINY, MSAConfig
+
+ATTENTION_KINDS = ("msa", "dense")
+DENSE_200K_LIMIT = 204_800
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "msa-tiny"
+    attention: str = "msa"  # "msa" | "dense"
+    # --- backbone ---
+    d_model: int = 256
+    n_layers: int = 8
+    d_ff: int = 704  # SwiGLU hidden size (~ 8/3 d_model, multiple of 64)
+    vocab_size: int = 264  # 256 bytes + specials (msa_lab.model.tokens), padded to a multiple of 8
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    # --- attention shapes (msa-tiny uses the TINY preset's) ---
+    n_heads: int = TINY.n_heads
+    n_kv_heads: int = TINY.n_kv_heads
+    head_dim: int = TINY.head_dim
+    index_dim: int = TINY.index_dim
+    index_key_heads: int = TINY.index_key_heads
+    # --- MSA sparsity pattern ---
+    block_size: int = TINY.block_size
+    top_k: int = TINY.top_k
+    init_blocks: int = TINY.init_blocks
+    local_blocks: int = 2  # see the module docstring
+    # --- positions (RoPE on the main branch, trained with PoSE jumps; NoPE index branch) ---
+    rope_base: float = 10_000.0
+    pose_max_position: int = 1_200_000  # training jumps positions up to this, so 1M distances are seen
+    # --- images ---
+    image_size: int = 64  # every image is converted to RGB and resized to image_size x image_size
+    patch_size: int = 8
+    # --- limits ---
+    max_context: Optional[int] = None  # hard limit in tokens (dense-200k: 204,800); None = memory-bound only
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"ModelConfig.attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        for f in ("d_model", "n_layers", "d_ff", "vocab_size", "n_heads", "n_kv_heads", "head_dim", "index_dim",
+                  "index_key_heads", "block_size", "top_k", "image_size", "patch_size", "pose_max_position"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"ModelConfig.{f} must be a positive int, got {v!r}")
+        if self.head_dim % 2:
+            raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even (RoPE rotates pairs of dims).")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"ModelConfig.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
+                f"pick sizes that tile, e.g. image_size=64, patch_size=8."
+            )
+        if self.vocab_size < 256 + 8:
+            raise ValueError(f"ModelConfig.vocab_size={self.vocab_size} must be >= 264 (256 bytes + 8 specials).")
+        if self.max_context is not None and (not isinstance(self.max_context, int) or self.max_context <= 0):
+            raise ValueError(f"ModelConfig.max_context must be a positive int or None, got {self.max_context!r}")
+        self.msa_config()  # validates heads/top_k/forcing through MSAConfig's own checks
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def sparse(self) -> bool:
+        return self.attention == "msa"
+
+    @property
+    def patches_per_image(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.patch_size * self.patch_size
+
+    def msa_config(self) -> MSAConfig:
+        """The MSAConfig of every attention layer (dense models use it only for block-level analysis)."""
+        return MSAConfig(
+            name=f"{self.name}-attn", n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, head_dim=self.head_dim,
+            index_dim=self.index_dim, index_key_heads=self.index_key_heads, block_size=self.block_size,
+            top_k=self.top_k, init_blocks=self.init_blocks, local_blocks=self.local_blocks,
+        )
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of to_dict; unknown or missing keys are errors (a config from another version)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"model config has unknown keys {unknown}; it was written by another msa-lab version. "
+                f"Known keys: {sorted(known)}."
+            )
+        return cls(**d)
+
+
+MSA_TINY = ModelConfig(name="msa-tiny", attention="msa")
+DENSE_200K = ModelConfig(name="dense-200k", attention="dense", max_context=DENSE_200K_LIMIT)
+MODEL_CONFIGS = {c.name: c for c in (MSA_TINY, DENSE_200K)}
+
+
+def model_config(name: str, **overrides) -> ModelConfig:
+    """A named config ("msa-tiny" | "dense-200k"), optionally with fields changed (e.g. for tests)."""
+    if name not in MODEL_CONFIGS:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_CONFIGS))}")
+    return MODEL_CONFIGS[name].replace(**overrides)
+
+
+def small_config(attention: str = "msa", **overrides) -> ModelConfig:
+    """A very small config for CPU tests and the training smoke run (not a shipped model)."""
+    base = dict(
+        name=f"test-{attention}", attention=attention, d_model=64, n_layers=2, d_ff=128, n_heads=4, n_kv_heads=2,
+        head_dim=16, index_dim=16, index_key_heads=1, block_size=8, top_k=4, init_blocks=1, local_blocks=2,
+        image_size=16, patch_size=8,
+    )
+    base.update(overrides)
+    return ModelConfig(**base)
+

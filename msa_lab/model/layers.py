@@ -1,0 +1,185 @@
+"""Transformer pieces: RMSNorm, RoPE, SwiGLU and the attention layer (MSA or dense).
+
+Attention modes:
+  "ops"           inference: MSA through the public ops (msa_lab.msa_attention), dense through SDPA;
+  "train_dense"   training, dense causal SDPA for the main branch (the warm-up phase);
+  "train_sparse"  training, the main branch attends over the selected blocks via SDPA with a boolean
+                  mask built from select_blocks (reference.selection_to_key_mask): the exact same math as
+                  sparse_attention, but with autograd, which the public ops do not provide.
+In both training modes the index branch reads detached hidden states and is trained only by the KL
+loss of msa_lab.model.indexer (no gradient flows between indexer and main branch).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import attention as ops
+from ..reference import selection_to_key_mask
+from .config import ModelConfig
+from .indexer import dense_block_mass, free_blocks, index_block_logits, indexer_kl
+
+_DENSE_SCORE_BYTES = 256 << 20  # per query chunk of the bottom-right-aligned dense path
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float):
+    """cos, sin float32 [N, head_dim / 2] for int64 positions [N].
+
+    Angles are formed in float64: at position 1e6 a float32 angle is off by ~0.06 rad, which would
+    blur exactly the long distances this model is meant to reach.
+    """
+    inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    ang = positions.to(torch.float64)[:, None] * inv[None, :]
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [B, H, N, D] by the tables [N, D / 2] (half-split pairs)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d: int, d_ff: int):
+        super().__init__()
+        self.w_gate = nn.Linear(d, d_ff, bias=False)
+        self.w_up = nn.Linear(d, d_ff, bias=False)
+        self.w_down = nn.Linear(d_ff, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Dense causal GQA, bottom-right aligned (queries are the last Nq keys): [B, Hq, Nq, D].
+
+    q [B, Hq, Nq, D], k/v [B, Hkv, Nk, D]. Nq == Nk uses SDPA's causal kernel; Nq < Nk (chunked
+    prefill, decode) uses an explicit mask per query chunk so the scratch stays bounded.
+    """
+    B, Hq, Nq, D = q.shape
+    Nk = k.shape[2]
+    if Nq == Nk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    if Nq == 1:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+    out = torch.empty_like(q)
+    step = max(1, min(Nq, _DENSE_SCORE_BYTES // max(1, B * Hq * Nk * 4 * 2)))
+    keys = torch.arange(Nk, device=q.device)
+    for s0 in range(0, Nq, step):
+        s1 = min(Nq, s0 + step)
+        pos = torch.arange(Nk - Nq + s0, Nk - Nq + s1, device=q.device)
+        mask = keys[None, :] <= pos[:, None]  # [C, Nk]
+        out[:, :, s0:s1] = F.scaled_dot_product_attention(q[:, :, s0:s1], k, v, attn_mask=mask, scale=scale,
+                                                          enable_gqa=True)
+    return out
+
+
+def masked_sparse_attention(q, k, v, idx, cfg, scale: float) -> torch.Tensor:
+    """Training main branch: softmax over the selected blocks, as a masked SDPA (differentiable).
+
+    q [B, Hq, N, D], k/v [B, Hkv, N, D], idx int32 [B, Hkv, N, top_k] -> [B, Hq, N, D].
+    Groups are folded into the batch so the [N, N] mask is shared by a group's heads, not copied.
+    """
+    B, Hq, N, D = q.shape
+    Hkv = k.shape[1]
+    g = Hq // Hkv
+    mask = selection_to_key_mask(idx, N, cfg).reshape(B * Hkv, 1, N, N)
+    qf = q.reshape(B * Hkv, g, N, D)
+    kf = k.reshape(B * Hkv, 1, N, D).expand(B * Hkv, g, N, D)
+    vf = v.reshape(B * Hkv, 1, N, D).expand(B * Hkv, g, N, D)
+    o = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=scale)
+    return o.reshape(B, Hq, N, D)
+
+
+class Attention(nn.Module):
+    """GQA attention with RoPE; MSA adds an index branch (Hkv index-query heads, Hik shared index keys, NoPE)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.msa = cfg.msa_config()
+        d, Hq, Hkv, D = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(d, Hq * D, bias=False)
+        self.wk = nn.Linear(d, Hkv * D, bias=False)
+        self.wv = nn.Linear(d, Hkv * D, bias=False)
+        self.wo = nn.Linear(Hq * D, d, bias=False)
+        if cfg.sparse:
+            self.wiq = nn.Linear(d, Hkv * cfg.index_dim, bias=False)
+            self.wik = nn.Linear(d, cfg.index_key_heads * cfg.index_dim, bias=False)
+
+    def _heads(self, x: torch.Tensor, h: int) -> torch.Tensor:
+        B, N, _ = x.shape
+        return x.view(B, N, h, -1).transpose(1, 2)  # [B, N, h*d] -> [B, h, N, d]
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, mode: str = "ops",
+                cache=None, record: Optional[Callable] = None, aux: Optional[dict] = None,
+                backend: Optional[str] = None) -> torch.Tensor:
+        """x [B, N, d] (already normed) -> [B, N, d]. cache: a LayerCache the new keys are appended to."""
+        cfg = self.cfg
+        q = apply_rope(self._heads(self.wq(x), cfg.n_heads), cos, sin)  # [B, Hq, N, D]
+        k = apply_rope(self._heads(self.wk(x), cfg.n_kv_heads), cos, sin)  # [B, Hkv, N, D]
+        v = self._heads(self.wv(x), cfg.n_kv_heads)
+        iq = ik = None
+        if cfg.sparse:
+            xi = x.detach() if mode != "ops" else x  # the indexer never sends gradient into the trunk
+            iq = self._heads(self.wiq(xi), cfg.n_kv_heads)  # [B, Hkv, N, Di], NoPE
+            ik = self._heads(self.wik(xi), cfg.index_key_heads)  # [B, Hik, N, Di], NoPE
+        if cache is not None:
+            k, v, ik = cache.append(k, v, ik)  # now the whole prefix: [B, Hkv, Nk, D]
+        scale = self.msa.softmax_scale()
+        idx = None
+        if mode == "ops":
+            if cfg.sparse:
+                o, idx = ops.msa_attention(q, k, v, iq, ik, self.msa, return_indices=True, backend=backend)
+            else:
+                o = dense_attention(q, k, v, scale)
+        elif mode == "train_dense":
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        elif mode == "train_sparse":
+            # fp32 and autocast off for the selection: it is cheap next to attention, every backend takes
+            # fp32, and under bf16 autocast the torch path's -FLT_MAX sentinel overflows
+            with torch.autocast(device_type=iq.device.type, enabled=False):
+                idx = ops.select_blocks(iq.detach().float(), ik.detach().float(), self.msa, backend=backend)
+            o = masked_sparse_attention(q, k, v, idx, self.msa, scale)
+        else:
+            raise ValueError(f"unknown attention mode {mode!r}; use 'ops', 'train_dense' or 'train_sparse'.")
+        if aux is not None and cfg.sparse and mode != "ops":
+            self._indexer_loss(q, k, iq, ik, aux)
+        if record is not None:
+            record(self.layer, q=q, k=k, idx=idx)
+        B, _, N, _ = q.shape
+        return self.wo(o.transpose(1, 2).reshape(B, N, -1))
+
+    def _indexer_loss(self, q, k, iq, ik, aux: dict) -> None:
+        slots = aux["kl_slots"]  # int64 [S], query positions (key slots) the KL is taken on
+        target = dense_block_mass(q.detach()[:, :, slots], k.detach(), slots, self.msa)
+        logits = index_block_logits(iq[:, :, slots], ik, slots, self.msa)
+        keep = free_blocks(slots, k.shape[2], self.msa)
+        aux.setdefault("kl", []).append(indexer_kl(logits, target, keep))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_ff)
+
+    def forward(self, x, cos, sin, **kw) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, **kw)
+        return x + self.mlp(self.mlp_norm(x))

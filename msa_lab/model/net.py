@@ -1,0 +1,111 @@
+"""MSATransformer: the small multimodal byte-level transformer behind msa-tiny and dense-200k.
+
+Positions — the route chosen to reach 1M tokens after training on a few thousand:
+  * Main branch: RoPE (base 10,000) trained with PoSE-style position jumps (msa_lab.train.pose_positions):
+    a training sequence of a few thousand tokens gets position ids with random gaps, so relative
+    distances up to ``pose_max_position`` (1.2M) are seen in training while local order stays exact.
+    Why not NoPE: a byte-level model must know the exact order of its last bytes, which RoPE gives for
+    free. Why not only a large base: it delays, but does not remove, rotations never seen in training.
+    With MSA the main branch's softmax is over at most top_k * block_size keys at any length, so the
+    attention entropy does not drift with context length either.
+  * Index branch: NoPE. Block scores are pure content matches, identical at distance 10 and 10^6, so
+    ranking a needle block does not depend on how far back it is; recency is covered by the forced
+    init/local blocks (local_blocks=2, see config.py).
+  Measurable: ``forward(..., positions=...)`` takes explicit positions; tests check that shifting all
+  positions leaves the logits unchanged and that index scores ignore positions, and
+  msa_lab.eval.position_probe measures answer accuracy against simulated needle distance.
+
+Images: each IMG_PATCH token's embedding is patch_proj(pixels) + patch_pos(slot in the image).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from .config import ModelConfig
+from .layers import Block, RMSNorm, rope_tables
+from .tokens import IMG_PATCH
+
+
+class MSATransformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.patch_proj = nn.Linear(cfg.patch_dim, cfg.d_model)
+        self.patch_pos = nn.Embedding(cfg.patches_per_image, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.backend: Optional[str] = None  # public-op backend for "ops" mode; None = automatic
+        self.reset_parameters()
+
+    def reset_parameters(self, seed: Optional[int] = None) -> None:
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        out_std = 0.02 / math.sqrt(2 * self.cfg.n_layers)  # residual writes shrink with depth (GPT-2)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
+                continue
+            std = out_std if name.endswith(("wo.weight", "w_down.weight")) else 0.02
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ pieces
+    def embed_inputs(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,
+                     patch_slot: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ids int64 [B, N], patches float [P, patch_dim] (one row per IMG_PATCH id, row-major over B, N),
+        patch_slot int64 [P] -> x [B, N, d]."""
+        x = self.embed(ids)
+        is_patch = ids == IMG_PATCH
+        n_patch = int(is_patch.sum())
+        n_rows = 0 if patches is None else patches.shape[0]
+        if n_patch != n_rows:
+            raise ValueError(
+                f"the ids hold {n_patch} IMG_PATCH tokens but {n_rows} patch rows were given; encode prompts "
+                f"with msa_lab.model.tokens.encode_prompt so every patch token has its pixels."
+            )
+        if n_patch:
+            pe = self.patch_proj(patches.to(x.dtype)) + self.patch_pos(patch_slot)
+            x = x.masked_scatter(is_patch[..., None], pe.to(x.dtype))
+        return x
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(h)
+        return h @ self.embed.weight.t() if self.lm_head is None else self.lm_head(h)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,
+                patch_slot: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None, *,
+                mode: str = "ops", caches=None, record: Optional[Callable] = None, aux: Optional[dict] = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits float [B, N, vocab] (or [B, vocab] with last_only).
+
+        ids int64 [B, N]; positions int64 [N] (default: the token's index, continuing after the cache).
+        caches: a KVCache (engine.py) whose per-layer caches receive this chunk's keys; without one,
+        the tokens attend only to each other (the full forward). mode: see layers.py.
+        """
+        if ids.dim() != 2:
+            raise ValueError(f"ids must be [B, N], got shape {tuple(ids.shape)}; use ids[None] for one sequence.")
+        B, N = ids.shape
+        start = caches.length if caches is not None else 0
+        if positions is None:
+            positions = torch.arange(start, start + N, device=ids.device)
+        elif positions.shape != (N,):
+            raise ValueError(f"positions must be int64 [N={N}], got shape {tuple(positions.shape)}.")
+        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_base)
+        x = self.embed_inputs(ids, patches, patch_slot)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mode=mode, cache=None if caches is None else caches.layers[i], record=record,
+                      aux=aux, backend=self.backend)
+        if caches is not None:
+            caches.length += N
+        if last_only:
+            x = x[:, -1]
+        return self.logits(x).float()

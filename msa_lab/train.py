@@ -1,0 +1,544 @@
+"""Train msa-tiny or dense-200k: `python -m msa_lab.train --model msa-tiny --minutes 20` (or `msa-lab train ...`).
+
+Recipe
+  * Data: the msa_lab.tasks generators (plain ``iter_task``, no `datasets` needed), mixed by weight
+    (--tasks), split="train"; if msa_lab.tasks cannot be imported, a built-in synthetic NIAH.
+    Format: BOS + prompt (images spliced at "<image>") + SEP + answer + EOS, loss on answer + EOS,
+    plus a next-byte loss on the prompt weighted --prompt-loss-weight (default 0.1; 0 = answer only):
+    an 8K-token NIAH example has ~10 answer bytes, too little signal for a 6M-parameter model to form
+    copy (induction) heads within 20 minutes, while the prompt is real text (stdlib source). GUI
+    answers are rewritten from original pixels to the model's resized-image pixels (what act() maps back).
+  * Curriculum: text tasks' length grows geometrically from --seq-start to --seq-end (reached at 80%
+    of the schedule); video frame counts grow with it. Each step holds ~--tokens-per-step tokens.
+  * Positions: PoSE jumps — with probability --pose-prob a long-context batch gets position ids
+    with random gaps (inside the prompt) so relative distances up to pose_max_position (1.2M) are
+    trained (see msa_lab.model.net for why).
+  * msa-tiny: dense warm-up for --dense-warmup of the schedule (main branch dense SDPA), then MSA:
+    the main branch attends over the indexer's selected blocks through SDPA with a boolean mask built
+    from select_blocks (exactly sparse_attention's math at training lengths, with autograd). From step
+    0 the indexer is trained by KL distillation toward the dense attention mass per block, group-
+    averaged (reference.block_attention_mass semantics), on --kl-queries random query positions per
+    step; its input is detached, so no gradient flows between indexer and main branch.
+  * Budget and resume: --minutes of wall clock per run (GPU time on a GPU); the schedule spans
+    --total-minutes (default: --minutes) over all resumed runs. Every --save-every minutes and at the
+    end: data/train/<model>/resume.safetensors (fp32 weights + AdamW state) + resume.json (step,
+    seconds, history). --resume continues from them. The final model goes to
+    data/checkpoints/<model>.safetensors/.json (fp16, sha256) and the model card README.md there.
+  * Logs: data/train/<model>/log.jsonl, one line per step (loss, lm_loss, kl, lr, seq_len, tokens/s).
+  * --smoke: a tiny model on the synthetic task on CPU in well under a minute (the test of this file).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .model.checkpoint import REPO_ROOT, save_checkpoint
+from .model.config import ModelConfig, model_config, small_config
+from .model.net import MSATransformer
+from .model.tokens import PAD, encode_example
+from .model.vision import prepare_image
+
+TEXT_TASKS = ("niah_single", "niah_multi_key", "niah_multi_value", "niah_multi_query", "variable_tracking",
+              "synthetic_niah")
+DEFAULT_TASKS = ("niah_single:3,niah_multi_key:1,niah_multi_value:1,niah_multi_query:1,variable_tracking:1,"
+                 "image_qa:2,gui:2,video:1")
+
+
+@dataclass
+class TrainConfig:
+    model: str = "msa-tiny"
+    minutes: float = 20.0
+    total_minutes: Optional[float] = None
+    max_steps: Optional[int] = None
+    tokens_per_step: int = 65_536
+    max_examples: int = 64  # per step, caps short (image) batches whose drawing costs CPU time
+    seq_start: int = 512
+    seq_end: int = 8192
+    lr: float = 1e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    dense_warmup: float = 0.3
+    kl_weight: float = 1.0
+    kl_queries: int = 256
+    pose_prob: float = 0.5
+    prompt_loss_weight: float = 0.1  # see the module docstring; 0 = answer-only
+    tasks: str = DEFAULT_TASKS
+    seed: int = 0
+    device: Optional[str] = None
+    backend: Optional[str] = None  # public-op backend for select_blocks (None: automatic)
+    out_dir: str = str(REPO_ROOT / "data" / "checkpoints")
+    log_dir: str = str(REPO_ROOT / "data" / "train")
+    resume: bool = False
+    save_every: float = 5.0
+    smoke: bool = False
+    progress: bool = True
+
+    def schedule_seconds(self) -> float:
+        return 60.0 * (self.total_minutes if self.total_minutes is not None else self.minutes)
+
+
+# ---------------------------------------------------------------------------- data
+def parse_tasks(spec: str) -> Dict[str, float]:
+    out = {}
+    for part in spec.split(","):
+        name, _, w = part.strip().partition(":")
+        try:
+            out[name] = float(w) if w else 1.0
+        except ValueError:
+            raise ValueError(f"--tasks entry {part!r} must be name or name:weight (e.g. niah_single:3)") from None
+        if out[name] <= 0:
+            raise ValueError(f"--tasks weight of {name!r} must be > 0, got {out[name]}")
+    return out
+
+
+class TaskSource:
+    """Examples of the common schema, from msa_lab.tasks (lazily imported) or the synthetic fallback."""
+
+    def __init__(self, weights: Dict[str, float], log=print):
+        self.iter_task = None
+        try:
+            from .tasks import TASKS, iter_task  # noqa: WPS433 - optional: the trainer must run without it
+
+            self.iter_task = iter_task
+        except Exception as e:  # noqa: BLE001 - any failure means "use the fallback"
+            log(f"msa_lab.tasks unavailable ({type(e).__name__}: {e}); training on synthetic NIAH only")
+            weights = {"synthetic_niah": 1.0}
+        else:
+            unknown = sorted(set(weights) - set(TASKS) - {"synthetic_niah"})
+            if unknown:
+                raise ValueError(f"--tasks names unknown tasks {unknown}; known: {', '.join(TASKS)}, synthetic_niah")
+        self.weights = weights
+
+    def pick(self, rng: random.Random) -> str:
+        names = list(self.weights)
+        return rng.choices(names, weights=[self.weights[n] for n in names])[0]
+
+    def examples(self, task: str, n: int, seed: int, seq_len: int) -> List[dict]:
+        from .model.synthetic import iter_synthetic_niah
+
+        if task == "synthetic_niah":
+            return list(iter_synthetic_niah(n, seed, length=seq_len))
+        opts: dict = {}
+        if task in TEXT_TASKS:
+            opts = {"length": seq_len, "split": "train"}
+        elif task == "video":
+            opts = {"num_frames": video_frames(seq_len)}
+        return list(self.iter_task(task, n, seed, **opts))
+
+
+def model_answer(ex: dict, images) -> str:
+    """The training target: GUI points move from original pixels to the resized image's pixels."""
+    if ex["task"] != "gui":
+        return ex["answer"]
+    a = json.loads(ex["answer"])
+    if a.get("x") is not None and a.get("y") is not None:
+        a["x"], a["y"] = images[0].to_model(a["x"], a["y"])
+    return json.dumps(a)
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor  # int64 [B, N]
+    patches: torch.Tensor  # float [P, patch_dim]
+    patch_slot: torch.Tensor  # int64 [P]
+    answer_mask: torch.Tensor  # bool [B, N], True on answer + EOS tokens
+    prompt_len: int  # shortest prompt in the batch (PoSE jumps stay inside it)
+    task: str
+
+    @property
+    def tokens(self) -> int:
+        return int((self.ids != PAD).sum())
+
+
+def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int) -> Batch:
+    encs, masks = [], []
+    for ex in examples:
+        imgs = [prepare_image(im, cfg.image_size) for im in ex["images"]]
+        enc, m = encode_example(ex["prompt"], imgs, model_answer(ex, imgs), image_size=cfg.image_size,
+                                patch_size=cfg.patch_size)
+        encs.append(enc)
+        masks.append(m)
+    n = max(len(e) for e in encs)
+    n = -(-n // block) * block  # round up: fewer distinct shapes for the kernels
+    ids = torch.full((len(encs), n), PAD, dtype=torch.long)
+    amask = torch.zeros(len(encs), n, dtype=torch.bool)
+    for i, (e, m) in enumerate(zip(encs, masks)):
+        ids[i, : len(e)] = e.ids
+        amask[i, : len(e)] = m
+    prompt_len = min(int((~m).sum()) for m in masks)
+    return Batch(ids, torch.cat([e.patches for e in encs]), torch.cat([e.patch_slot for e in encs]), amask,
+                 prompt_len, task)
+
+
+def pose_positions(n: int, prompt_len: int, max_position: int, rng: random.Random, jumps: int = 2) -> torch.Tensor:
+    """int64 [n] increasing position ids with ``jumps`` random gaps inside the prompt (PoSE).
+
+    The gaps total up to max_position - n, so distances up to max_position occur in training while
+    the answer and every token's neighbourhood keep contiguous positions.
+    """
+    pos = torch.arange(n)
+    if prompt_len < 2 * jumps + 2 or max_position <= n:
+        return pos
+    cuts = sorted(rng.sample(range(1, prompt_len - 1), jumps))
+    total = rng.randint(0, max_position - n)
+    gaps = sorted(rng.randint(0, total) for _ in range(jumps - 1))
+    parts = [b - a for a, b in zip([0] + gaps, gaps + [total])]
+    for c, gap in zip(cuts, parts):
+        pos[c:] += gap
+    return pos
+
+
+def build_step(tc: TrainConfig, cfg: ModelConfig, source: TaskSource, step: int, p: float):
+    """(Batch, positions int64 [N], jumped) of one step; deterministic in (seed, step, progress)."""
+    rng = random.Random(f"msa-lab/train/{tc.seed}/{step}")
+    seq_len = seq_len_at(p, tc, cfg.block_size)
+    task = source.pick(rng)
+    if task in TEXT_TASKS:
+        n_ex = max(1, tc.tokens_per_step // seq_len)
+    else:
+        frames = video_frames(seq_len) if task == "video" else 1
+        est = frames * (cfg.patches_per_image + 2) + 128
+        n_ex = max(1, min(tc.max_examples, tc.tokens_per_step // est))
+    examples = source.examples(task, n_ex, rng.randrange(2**31), seq_len)
+    batch = make_batch(examples, cfg, task, cfg.block_size)
+    n = batch.ids.shape[1]
+    jump = task in TEXT_TASKS and rng.random() < tc.pose_prob
+    max_pos = cfg.max_context or cfg.pose_max_position  # dense-200k never sees positions past its limit
+    positions = pose_positions(n, batch.prompt_len, max_pos, rng) if jump else torch.arange(n)
+    return batch, positions, jump
+
+
+def video_frames(seq_len: int) -> int:
+    return int(min(16, max(2, seq_len // 256)))
+
+
+# ---------------------------------------------------------------------------- schedule
+def progress_of(state: dict, tc: TrainConfig) -> float:
+    if tc.max_steps:
+        return min(1.0, state["step"] / tc.max_steps)
+    return min(1.0, state["seconds"] / tc.schedule_seconds())
+
+
+def seq_len_at(p: float, tc: TrainConfig, block: int) -> int:
+    f = min(1.0, p / 0.8)
+    n = tc.seq_start * (tc.seq_end / tc.seq_start) ** f
+    return max(block, int(round(n / block)) * block)
+
+
+def lr_at(step: int, p: float, tc: TrainConfig) -> float:
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    return tc.lr * (tc.min_lr_frac + (1 - tc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+# ---------------------------------------------------------------------------- loss
+def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mode: str, tc: TrainConfig,
+                 rng: random.Random, device) -> Dict[str, torch.Tensor]:
+    ids = batch.ids.to(device)
+    aux = None
+    if net.cfg.sparse:
+        s = min(tc.kl_queries, batch.prompt_len)
+        slots = torch.tensor(sorted(rng.sample(range(batch.prompt_len), s)), device=device)
+        aux = {"kl_slots": slots}
+    logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device), mode=mode,
+                 aux=aux)
+    tgt = ids[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
+    ce = ce.view_as(tgt)
+    amask = batch.answer_mask[:, 1:].to(device)
+    lm = (ce * amask).sum() / amask.sum().clamp(min=1)
+    loss = lm
+    if tc.prompt_loss_weight > 0:
+        pmask = (~amask) & (tgt != PAD)
+        loss = loss + tc.prompt_loss_weight * (ce * pmask).sum() / pmask.sum().clamp(min=1)
+    kl = torch.stack(aux["kl"]).mean() if aux and aux.get("kl") else torch.zeros((), device=device)
+    return {"loss": loss + tc.kl_weight * kl, "lm_loss": lm.detach(), "kl": kl.detach()}
+
+
+# ---------------------------------------------------------------------------- resume state
+def _resume_paths(tc: TrainConfig, name: str):
+    d = Path(tc.log_dir) / name
+    return d / "resume.safetensors", d / "resume.json"
+
+
+def save_resume(net, opt, state: dict, tc: TrainConfig) -> None:
+    from safetensors.torch import save_file
+
+    wpath, jpath = _resume_paths(tc, net.cfg.name)
+    wpath.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model/{k}": v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    names = {id(p): n for n, p in net.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                tensors[f"opt/{names[id(p)]}/{k}"] = torch.as_tensor(v).detach().float().cpu().contiguous()
+    save_file(tensors, str(wpath.with_suffix(".tmp")))
+    wpath.with_suffix(".tmp").replace(wpath)
+    info = {"state": state, "train_config": dataclasses.asdict(tc), "model_config": net.cfg.to_dict()}
+    jpath.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def load_resume(net, opt, tc: TrainConfig) -> dict:
+    from safetensors.torch import load_file
+
+    wpath, jpath = _resume_paths(tc, net.cfg.name)
+    if not (wpath.is_file() and jpath.is_file()):
+        raise FileNotFoundError(f"--resume: no resume state at {jpath} / {wpath}; start without --resume.")
+    info = json.loads(jpath.read_text())
+    if info["model_config"] != net.cfg.to_dict():
+        raise ValueError(f"--resume: {jpath} was written for another model config; start a fresh run "
+                         f"(without --resume) or restore the matching files.")
+    t = load_file(str(wpath))
+    net.load_state_dict({k[len("model/"):]: v for k, v in t.items() if k.startswith("model/")})
+    params = dict(net.named_parameters())
+    for key, v in t.items():
+        if key.startswith("opt/"):
+            _, pname, slot = key.split("/", 2)
+            p = params[pname]
+            opt.state[p][slot] = v.to(p.device) if slot != "step" else v.cpu()
+    return info["state"]
+
+
+# ---------------------------------------------------------------------------- model card
+CARD_HEADER = """# msa-lab checkpoints
+
+Written by `msa_lab.train` (and refreshed by `msa_lab.eval`). Each model: `<name>.safetensors` (fp16) +
+`<name>.json` (config, sha256, training record). Load with `msa_lab.api.load_model("<name>")`.
+"""
+
+CARD_MODEL = """
+## {name}
+
+| | |
+|---|---|
+| attention | {attention} |
+| parameters | {n_params:,} ({bytes_mib:.1f} MiB fp16) |
+| context limit | {limit} |
+| steps | {steps:,} |
+| tokens seen | {tokens:,} |
+| training time | {minutes:.1f} min on {device} |
+| final loss (mean of last 50 steps) | {final_loss} |
+| sha256 | `{sha256}` |
+
+Recipe: `{command}` (see msa_lab/train.py for the schedule: dense warm-up, then MSA with KL-trained
+indexer; PoSE position jumps up to {pose_max:,}). Loss curve: `{log}`.
+
+Eval: {eval}
+"""
+
+
+def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
+    """Rewrite out_dir/README.md from every checkpoint JSON there (+ data/eval/<name>.json if present)."""
+    out_dir = Path(out_dir)
+    eval_dir = Path(eval_dir) if eval_dir else REPO_ROOT / "data" / "eval"
+    parts = [CARD_HEADER]
+    metas = sorted(out_dir.glob("*.json"))
+    if not metas:
+        parts.append("\nNo model trained yet: run `msa-lab train --model msa-tiny --minutes 20` on a GPU.\n")
+    for jp in metas:
+        try:
+            meta = json.loads(jp.read_text())
+        except json.JSONDecodeError:
+            continue
+        if "config" not in meta:
+            continue
+        tr, cfg = meta.get("train", {}), meta["config"]
+        ev = eval_dir / f"{meta['name']}.json"
+        ev_text = "not run yet (`python -m msa_lab.eval --model %s`)." % meta["name"]
+        if ev.is_file():
+            summary = json.loads(ev.read_text()).get("summary", {})
+            ev_text = ", ".join(f"{k} = {v}" for k, v in summary.items()) or ev_text
+        parts.append(CARD_MODEL.format(
+            name=meta["name"], attention=cfg["attention"], n_params=meta["n_params"], bytes_mib=meta["bytes"] / 2**20,
+            limit=f"{cfg['max_context']:,} tokens" if cfg.get("max_context") else "none (memory-bound)",
+            steps=tr.get("steps", 0), tokens=tr.get("tokens", 0), minutes=tr.get("seconds", 0) / 60,
+            device=tr.get("device", "?"), final_loss=tr.get("final_loss", "?"), sha256=meta["sha256"],
+            command=tr.get("command", "?"), pose_max=cfg["pose_max_position"], log=tr.get("log", "?"), eval=ev_text))
+    path = out_dir / "README.md"
+    path.write_text("".join(parts))
+    return path
+
+
+# ---------------------------------------------------------------------------- main loop
+def build_model_config(tc: TrainConfig) -> ModelConfig:
+    if tc.smoke:
+        return small_config("msa", name="smoke-msa")
+    return model_config(tc.model)
+
+
+def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
+    """Run one training session; returns the final state dict (step, seconds, tokens, last losses)."""
+    device = torch.device(tc.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(tc.seed)
+    cfg = build_model_config(tc)
+    net = MSATransformer(cfg).to(device)
+    net.backend = tc.backend
+    decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95),
+                            fused=device.type == "cuda")
+    log_path = Path(tc.log_dir) / cfg.name / "log.jsonl"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"step": 0, "seconds": 0.0, "tokens": 0, "runs": []}
+    if tc.resume:
+        state = load_resume(net, opt, tc)
+    elif log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh curve
+    source = TaskSource(parse_tasks("synthetic_niah" if tc.smoke else tc.tasks), log=print)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
+                                                                                                   enabled=False)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    budget = tc.minutes * 60.0
+    run_t0 = time.perf_counter()
+    last_save = run_t0
+    recent: List[float] = []
+    bar = None
+    if tc.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=tc.max_steps or int(budget), initial=0, unit="step" if tc.max_steps else "s",
+                   desc=f"train {cfg.name}", dynamic_ncols=True)
+    step_time = 0.0
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = None
+    with open(log_path, "a") as logf:
+        while True:
+            run_elapsed = time.perf_counter() - run_t0
+            if tc.max_steps is not None and state["step"] >= tc.max_steps:
+                break
+            if tc.max_steps is None and run_elapsed + 1.5 * step_time + 20 > budget:
+                break  # keep time to save
+            t0 = time.perf_counter()
+            p = progress_of(state, tc)
+            # the next batch is drawn in a thread while this step runs on the device
+            if pending is None or pending[0] != state["step"]:
+                pending = (state["step"], pool.submit(build_step, tc, cfg, source, state["step"], p))
+            batch, positions, jump = pending[1].result()
+            pending = (state["step"] + 1, pool.submit(build_step, tc, cfg, source, state["step"] + 1, p))
+            rng = random.Random(f"msa-lab/train/kl/{tc.seed}/{state['step']}")
+            task, n = batch.task, batch.ids.shape[1]
+            phase = "dense" if (not cfg.sparse or p < tc.dense_warmup) else "sparse"
+            mode = "train_dense" if phase == "dense" else "train_sparse"
+            lr = lr_at(state["step"], p, tc)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with amp:
+                out = compute_loss(net, batch, positions, mode, tc, rng, device)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            step_time = time.perf_counter() - t0
+            state["step"] += 1
+            state["seconds"] += step_time
+            state["tokens"] += batch.tokens
+            rec = {"step": state["step"], "seconds": round(state["seconds"], 3), "phase": phase, "task": task,
+                   "seq_len": n, "batch": batch.ids.shape[0], "tokens": batch.tokens, "pose": jump,
+                   "loss": out["loss"].item(), "lm_loss": out["lm_loss"].item(), "kl": out["kl"].item(),
+                   "lr": lr, "grad_norm": float(gnorm), "tokens_per_s": round(batch.tokens / step_time, 1)}
+            if device.type == "cuda":
+                rec["mem_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            logf.write(json.dumps(rec) + "\n")
+            recent = (recent + [rec["lm_loss"]])[-50:]
+            if bar is not None:
+                bar.update(1 if tc.max_steps else max(0, int(time.perf_counter() - run_t0) - bar.n))
+                bar.set_postfix(loss=f"{rec['lm_loss']:.3f}", kl=f"{rec['kl']:.3f}", phase=phase, n=n)
+            if not math.isfinite(rec["loss"]):
+                raise FloatingPointError(f"loss became {rec['loss']} at step {state['step']} ({task}, n={n}); "
+                                         f"lower --lr or resume from the last save.")
+            if time.perf_counter() - last_save > tc.save_every * 60:
+                logf.flush()
+                save_resume(net, opt, state, tc)
+                last_save = time.perf_counter()
+    pool.shutdown(wait=True, cancel_futures=True)
+    if bar is not None:
+        bar.close()
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    state["runs"].append({"steps_to": state["step"], "run_seconds": round(time.perf_counter() - run_t0, 1),
+                          "device": dev_name})
+    save_resume(net, opt, state, tc)
+    final_loss = round(sum(recent) / len(recent), 4) if recent else None
+    record = {"steps": state["step"], "seconds": round(state["seconds"], 1), "tokens": state["tokens"],
+              "device": dev_name, "final_loss": final_loss, "log": str(log_path),
+              "command": "python -m msa_lab.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "torch": torch.__version__, "runs": state["runs"]}
+    net.eval()
+    save_checkpoint(net, Path(tc.out_dir), train=record)
+    render_card(Path(tc.out_dir))
+    return {**state, "final_loss": final_loss, "log": str(log_path)}
+
+
+# ---------------------------------------------------------------------------- CLI
+def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
+    d = TrainConfig()
+    ap = argparse.ArgumentParser(prog="msa-lab train", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default=d.model, choices=["msa-tiny", "dense-200k"])
+    ap.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget of this run")
+    ap.add_argument("--total-minutes", type=float, default=None, help="schedule length over all resumed runs")
+    ap.add_argument("--steps", dest="max_steps", type=int, default=None, help="stop after this many steps instead")
+    ap.add_argument("--tokens-per-step", type=int, default=d.tokens_per_step)
+    ap.add_argument("--max-examples", type=int, default=d.max_examples)
+    ap.add_argument("--seq-start", type=int, default=d.seq_start)
+    ap.add_argument("--seq-end", type=int, default=d.seq_end)
+    ap.add_argument("--lr", type=float, default=d.lr)
+    ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    ap.add_argument("--dense-warmup", type=float, default=d.dense_warmup, help="share of the schedule trained dense")
+    ap.add_argument("--kl-weight", type=float, default=d.kl_weight)
+    ap.add_argument("--kl-queries", type=int, default=d.kl_queries)
+    ap.add_argument("--pose-prob", type=float, default=d.pose_prob)
+    ap.add_argument("--prompt-loss-weight", type=float, default=d.prompt_loss_weight)
+    ap.add_argument("--tasks", default=d.tasks, help="name:weight,... (msa_lab.tasks names, or synthetic_niah)")
+    ap.add_argument("--seed", type=int, default=d.seed)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--backend", default=None, choices=["triton", "torch", "reference"],
+                    help="select_blocks backend (default: automatic)")
+    ap.add_argument("--out-dir", default=d.out_dir)
+    ap.add_argument("--log-dir", default=d.log_dir)
+    ap.add_argument("--save-every", type=float, default=d.save_every, help="minutes between resume saves")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU config on the synthetic task (30 steps)")
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    a = vars(ap.parse_args(argv))
+    tc = TrainConfig(**a)
+    if tc.smoke:
+        tc = dataclasses.replace(
+            tc, device=tc.device or "cpu", backend=tc.backend or "torch", max_steps=tc.max_steps or 30,
+            tokens_per_step=8 * 128, seq_start=128, seq_end=128, lr=3e-3, warmup_steps=3, dense_warmup=0.5,
+            kl_queries=32)
+    for f in ("seq_start", "seq_end", "tokens_per_step", "kl_queries", "max_examples"):
+        if getattr(tc, f) <= 0:
+            raise SystemExit(f"--{f.replace('_', '-')} must be > 0")
+    if tc.seq_start > tc.seq_end:
+        raise SystemExit(f"--seq-start {tc.seq_start} > --seq-end {tc.seq_end}; swap them.")
+    return tc
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    tc = parse_args(argv)
+    out = train(tc, argv)
+    print(json.dumps({k: out[k] for k in ("step", "seconds", "tokens", "final_loss", "log")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Eval helpers on a random-init tiny model: they run and return well-formed tables (not accuracy claims)."""
+import pytest
+import torch
+
+from msa_lab import eval as E
+from msa_lab.api import Model
+from msa_lab.model import small_config
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = Model.from_config(small_config("msa"))
+    m.net.backend = "torch"
+    return m
+
+
+def test_niah_grid_and_heatmap(model):
+    df = E.niah_grid(model, lengths=(300, 400), depths=(0.0, 1.0), n=1, max_new_tokens=4)
+    assert list(df.columns) == ["length", "depth", "n", "accuracy", "seconds"] and len(df) == 4
+    assert df["accuracy"].between(0, 1).all()
+    fig = E.niah_heatmap(df)
+    assert fig.data[0].z.shape == (2, 2)
+
+
+def test_answer_matching():
+    assert E._answer_ok("the numbers are 12, 34.", "12, 34")
+    assert not E._answer_ok("12 only", "12, 34")
+
+
+def test_position_probe(model):
+    df = E.position_probe(model, distances=(0, 1_000_000), n=1, length=300)
+    assert df["distance"].tolist() == [0, 1_000_000] and (df["answer_logprob"] < 0).all()
+
+
+def test_gui_and_image_qa(model):
+    g = E.gui_click_accuracy(model, n=2)
+    assert g["n"] == 2 and 0 <= g["accuracy"] <= g["kind_accuracy"] <= 1
+    assert 0 <= E.image_qa_accuracy(model, n=2)["accuracy"] <= 1
+
+
+def test_indexer_recall(model):
+    df = E.indexer_recall(model, lengths=(300,))
+    assert len(df) == model.config.n_layers * model.config.n_kv_heads and df["recall"].between(0, 1).all()
+    with pytest.raises(ValueError, match="is dense"):
+        E.indexer_recall(Model.from_config(small_config("dense")))

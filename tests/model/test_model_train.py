@@ -1,0 +1,107 @@
+"""Training: CPU smoke run (loss decreases), resume, PoSE positions, batches, the data fallback."""
+import json
+import random
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from msa_lab import train as T
+from msa_lab.model import load_checkpoint, small_config
+
+
+def _args(tmp_path, *extra):
+    return ["--smoke", "--no-progress", "--out-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"), *extra]
+
+
+def _log(tmp_path):
+    return [json.loads(line) for line in (tmp_path / "log" / "smoke-msa" / "log.jsonl").read_text().splitlines()]
+
+
+def test_smoke_run_loss_decreases(tmp_path):
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    assert T.main(_args(tmp_path)) == 0
+    assert time.perf_counter() - t0 < 60
+    log = _log(tmp_path)
+    assert len(log) == 30 and {r["phase"] for r in log} == {"dense", "sparse"}  # warm-up, then MSA
+    first = sum(r["lm_loss"] for r in log[:5]) / 5
+    last = sum(r["lm_loss"] for r in log[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert all(r["kl"] >= 0 for r in log)  # indexer KL is computed in both phases
+    net, meta = load_checkpoint("smoke-msa", tmp_path / "ck")  # the run's checkpoint loads back
+    assert meta["train"]["steps"] == 30 and net.cfg.name == "smoke-msa"
+    card = (tmp_path / "ck" / "README.md").read_text()
+    assert "## smoke-msa" in card and "| steps | 30 |" in card
+
+
+def test_resume_continues(tmp_path):
+    torch.set_num_threads(1)
+    T.main(_args(tmp_path, "--steps", "3"))
+    info = json.loads((tmp_path / "log" / "smoke-msa" / "resume.json").read_text())
+    assert info["state"]["step"] == 3
+    T.main(_args(tmp_path, "--steps", "5", "--resume"))
+    log = _log(tmp_path)
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5]  # appended, numbering continues
+    assert log[3]["lr"] != log[0]["lr"]
+    from safetensors.torch import load_file
+
+    t = load_file(str(tmp_path / "log" / "smoke-msa" / "resume.safetensors"))
+    steps = {k: float(v) for k, v in t.items() if k.endswith("/step")}
+    assert steps and all(v == 5 for v in steps.values())  # AdamW's step counters carried over
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no resume state"):
+        T.main(_args(tmp_path, "--resume"))
+
+
+def test_pose_positions():
+    rng = random.Random(0)
+    for _ in range(50):
+        pos = T.pose_positions(300, 200, 1_000_000, rng)
+        d = pos[1:] - pos[:-1]
+        assert (d >= 1).all() and int(pos[-1]) < 1_000_000
+        assert (d[199:] == 1).all()  # contiguous from the end of the prompt on (the answer)
+        assert int((d > 1).sum()) <= 2
+    assert max(int(T.pose_positions(300, 200, 1_000_000, random.Random(s))[-1]) for s in range(50)) > 100_000
+    assert torch.equal(T.pose_positions(300, 3, 10**6, rng), torch.arange(300))  # prompt too short to cut
+
+
+def test_gui_answer_moves_to_model_pixels():
+    cfg = small_config()  # 16 px images
+    ex = {"task": "gui", "prompt": "<image>\nClick 'OK'", "images": [Image.new("RGB", (640, 480))],
+          "answer": json.dumps({"kind": "click", "x": 320, "y": 479, "text": None, "direction": None}), "meta": "{}"}
+    b = T.make_batch([ex, dict(ex, task="image_qa", answer="red")], cfg, "gui", cfg.block_size)
+    from msa_lab.model.tokens import decode
+
+    answers = [decode(b.ids[i][b.answer_mask[i]]) for i in range(2)]
+    assert json.loads(answers[0]) == {"kind": "click", "x": 8, "y": 15, "text": None, "direction": None}
+    assert answers[1] == "red"
+    assert b.ids.shape[1] % cfg.block_size == 0 and b.patches.shape[0] == 2 * cfg.patches_per_image
+
+
+def test_task_source_falls_back_without_msa_lab_tasks(monkeypatch):
+    monkeypatch.setitem(sys.modules, "msa_lab.tasks", None)  # import fails as if the package were absent
+    msgs = []
+    src = T.TaskSource({"niah_single": 1.0, "gui": 1.0}, log=msgs.append)
+    assert src.weights == {"synthetic_niah": 1.0} and "synthetic NIAH only" in msgs[0]
+    ex = src.examples("synthetic_niah", 2, 0, 300)
+    assert len(ex) == 2 and len(ex[0]["prompt"].encode()) + 2 == 300 and ex[0]["answer"] in ex[0]["prompt"]
+
+
+def test_schedule():
+    tc = T.TrainConfig(seq_start=512, seq_end=8192, minutes=10)
+    assert T.seq_len_at(0.0, tc, 64) == 512 and T.seq_len_at(0.8, tc, 64) == 8192 == T.seq_len_at(1.0, tc, 64)
+    assert 512 < T.seq_len_at(0.4, tc, 64) < 8192
+    assert T.lr_at(0, 0.0, tc) < T.lr_at(tc.warmup_steps, 0.01, tc)
+    assert T.lr_at(10**6, 1.0, tc) == pytest.approx(tc.lr * tc.min_lr_frac)
+    with pytest.raises(ValueError, match="name:weight"):
+        T.parse_tasks("niah_single:lots")
+
+
+def test_unknown_task_names_are_refused():
+    with pytest.raises(ValueError, match="unknown tasks \\['niah_singel'\\]"):
+        T.TaskSource({"niah_singel": 1.0})
