@@ -66,12 +66,12 @@ def resolve_backend(device: torch.device | str = "cpu", backend: Optional[str] =
     return "torch", f"{device.type} tensors: chunked torch path (kernels need CUDA or TRITON_INTERPRET=1)"
 
 
-def _pick(device, backend: Optional[str], *tensors) -> str:
+def _pick(device, backend: Optional[str], q=None, iq=None) -> str:
     """Resolve the backend; in automatic mode, shapes the kernels don't take run on the torch path."""
     name, _ = resolve_backend(device, backend)
     if name == "triton" and backend is None:
-        why = getattr(_kernels()[0], "unsupported_reason", lambda *t: None)(*tensors)
-        if why:
+        mod = _kernels()[0]
+        if (q is not None and mod.unsupported_reason(q)) or (iq is not None and mod.unsupported_index_reason(iq)):
             return "torch"
     return name
 
@@ -100,7 +100,7 @@ def select_blocks(iq: torch.Tensor, ik: torch.Tensor, cfg: MSAConfig, *, backend
     checks.check_index_inputs(iq, ik, cfg)
     if check_finite:
         checks.check_finite(iq=iq, ik=ik)
-    return _impl(_pick(iq.device, backend, iq)).select_blocks(iq, ik, cfg)
+    return _impl(_pick(iq.device, backend, iq=iq)).select_blocks(iq, ik, cfg)
 
 
 def sparse_attention(q, k, v, idx, cfg: MSAConfig, return_lse: bool = False, *, backend: Optional[str] = None,
@@ -122,7 +122,7 @@ def sparse_attention(q, k, v, idx, cfg: MSAConfig, return_lse: bool = False, *, 
         idx = checks.check_indices(idx, q, k, cfg)
     if check_finite:
         checks.check_finite(q=q, k=k, v=v)
-    return _impl(_pick(q.device, backend, q)).sparse_attention(q, k, v, idx, cfg, return_lse=return_lse)
+    return _impl(_pick(q.device, backend, q=q)).sparse_attention(q, k, v, idx, cfg, return_lse=return_lse)
 
 
 def msa_attention(q, k, v, iq, ik, cfg: MSAConfig, return_lse: bool = False, return_indices: bool = False, *,
@@ -138,10 +138,7 @@ def msa_attention(q, k, v, iq, ik, cfg: MSAConfig, return_lse: bool = False, ret
     checks.check_pair(q, k, iq, ik)
     if check_finite:
         checks.check_finite(q=q, k=k, v=v, iq=iq, ik=ik)
-    name = _pick(q.device, backend, q)
-    if name == "triton" and backend is None and _pick(q.device, backend, iq) != "triton":
-        name = "torch"
-    impl = _impl(name)
+    impl = _impl(_pick(q.device, backend, q=q, iq=iq))
     if hasattr(impl, "msa_attention") and impl is not reference and impl is not torch_path:
         return impl.msa_attention(q, k, v, iq, ik, cfg, return_lse=return_lse, return_indices=return_indices)
     idx = impl.select_blocks(iq, ik, cfg)
