@@ -147,8 +147,9 @@ def test_flex_blocks_and_mask_mod_give_exactly_the_selection(n_q, n_k, q_block):
     mm = B.flex_mask_mod(table, g, CFG.block_size, n_k - n_q)
     want = reference.selection_to_key_mask(idx, n_k, CFG)
     assert torch.equal(_effective_mask(fb, mm, n_q, n_k, CFG), want)
-    # the lists leave room for flex's read of the entry after the last one
-    assert fb.kv_idx.shape[-1] >= min(CFG.num_blocks(n_k), int(fb.kv_num.max()) + 1)
+    # torch's layout: full width (one entry per KV block), every entry a valid block
+    assert fb.kv_idx.shape[-1] == fb.full_idx.shape[-1] == CFG.num_blocks(n_k)
+    assert int(fb.kv_idx.min()) >= 0 and int(fb.kv_idx.max()) < CFG.num_blocks(n_k)
     assert fb.union_blocks == int(fb.kv_num.sum() + fb.full_num.sum())
 
 
@@ -174,6 +175,102 @@ def test_flex_block_mask_repeats_lists_per_query_head():
     assert bm.BLOCK_SIZE == (32, CFG.block_size)
     with pytest.raises(ValueError, match="multiple"):
         B.flex_block_mask(idx, n_k, CFG, 3)
+
+
+def _gqa_idx(n_q, n_k, batch=2, seed=0):
+    return _idx(n_q, n_k, batch=batch, seed=seed)
+
+
+@pytest.mark.parametrize("n_q,n_k,q_block", [(96, 96, 32), (64, 128, 16), (32, 32, 32)])
+def test_flex_block_mask_is_what_create_block_mask_builds(n_q, n_k, q_block):
+    """Block-aligned lengths: the four lists equal torch's own, for batch 2, Hkv 2, GQA group 2."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    idx = _gqa_idx(n_q, n_k)
+    bm, _, _ = B.flex_block_mask(idx, n_k, CFG, CFG.n_heads, q_block=q_block)
+    ref = create_block_mask(bm.mask_mod, 2, CFG.n_heads, n_q, n_k, device="cpu", BLOCK_SIZE=(q_block, CFG.block_size))
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(bm, name), getattr(ref, name)), name
+    B.check_block_mask(bm, n_q, n_k, CFG.n_heads, 2)
+
+
+@pytest.mark.parametrize("n_q,n_k,q_block", [(50, 50, 32), (40, 70, 16), (20, 100, 16), (33, 33, 128)])
+def test_flex_block_mask_on_unaligned_lengths_covers_the_same_blocks_as_torch(n_q, n_k, q_block):
+    """Lengths that are not multiples of 128 (or of the blocks): create_block_mask evaluates the mask_mod
+    on the padding (so its table reads must stay in range: clamped) and may call a block partial where
+    we call it full (its padded rows); the tiles computed are the same, and torch's dense view works
+    (it takes kv_indices.shape[-1] as the number of KV blocks, which the old cut-down lists broke)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    idx = _gqa_idx(n_q, n_k)
+    bm, table, _ = B.flex_block_mask(idx, n_k, CFG, CFG.n_heads, q_block=q_block)
+    ref = create_block_mask(bm.mask_mod, 2, CFG.n_heads, n_q, n_k, device="cpu", BLOCK_SIZE=(q_block, CFG.block_size))
+    assert torch.equal(bm.to_dense(), ref.to_dense())
+    B.check_block_mask(bm, n_q, n_k, CFG.n_heads, 2)
+    # the mask_mod reads in range on every padded position, and keys past Nk stay masked
+    qs = torch.arange(-(-n_q // q_block) * q_block)[:, None]
+    ks = torch.arange(CFG.num_blocks(n_k) * CFG.block_size)[None, :]
+    g = CFG.n_heads // CFG.n_kv_heads
+    for h in range(CFG.n_heads):
+        m = bm.mask_mod(torch.tensor(1), torch.tensor(h), qs, ks)
+        want = reference.selection_to_key_mask(idx, n_k, CFG)[1, h // g]
+        assert torch.equal(m[:n_q, :n_k], want)
+
+
+def test_flex_mask_mod_maps_query_heads_to_their_group():
+    n = 64
+    idx = _gqa_idx(n, n)
+    idx[:, 1] = idx[:, 1].flip(-2)  # make the two groups' selections differ
+    table = B.selection_table(idx, CFG.num_blocks(n))
+    mm = B.flex_mask_mod(table, 2, CFG.block_size, 0)
+    qs, ks = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    for h in range(4):  # heads 0, 1 -> group 0; heads 2, 3 -> group 1 (h // g, not h % Hkv)
+        want = table[0, h // 2].repeat_interleave(CFG.block_size, -1)[:, :n] & (ks <= qs)
+        assert torch.equal(mm(torch.tensor(0), torch.tensor(h), qs, ks), want)
+
+
+def _corrupt(bm, **lists):
+    from torch.nn.attention.flex_attention import BlockMask
+
+    parts = dict(kv_num_blocks=bm.kv_num_blocks, kv_indices=bm.kv_indices, full_kv_num_blocks=bm.full_kv_num_blocks,
+                 full_kv_indices=bm.full_kv_indices)
+    parts.update(lists)
+    return BlockMask.from_kv_blocks(parts["kv_num_blocks"], parts["kv_indices"], parts["full_kv_num_blocks"],
+                                    parts["full_kv_indices"], BLOCK_SIZE=bm.BLOCK_SIZE, mask_mod=bm.mask_mod,
+                                    seq_lengths=bm.seq_lengths, compute_q_blocks=False)
+
+
+def test_check_block_mask_names_what_is_wrong():
+    n = 96
+    bm, _, _ = B.flex_block_mask(_gqa_idx(n, n), n, CFG, CFG.n_heads, q_block=32)
+    B.check_block_mask(bm, n, n, CFG.n_heads, 2)
+    narrow = bm.kv_indices[..., :3].contiguous()  # like the crashed run's lists: cut short of the 6 KV blocks
+    with pytest.raises(ValueError, match="KV blocks"):
+        B.check_block_mask(_corrupt(bm, kv_indices=narrow), n, n, CFG.n_heads, 2)
+    bad = bm.kv_indices.clone()
+    bad[0, 0, 0, -1] = CFG.num_blocks(n)
+    with pytest.raises(ValueError, match="outside"):
+        B.check_block_mask(_corrupt(bm, kv_indices=bad), n, n, CFG.n_heads, 2)
+    with pytest.raises(ValueError, match="int32"):
+        B.check_block_mask(_corrupt(bm, kv_indices=bm.kv_indices.long()), n, n, CFG.n_heads, 2)
+    with pytest.raises(ValueError, match="contiguous"):
+        B.check_block_mask(_corrupt(bm, kv_indices=bm.kv_indices.transpose(0, 1)), n, n, CFG.n_heads, 2)
+    with pytest.raises(ValueError, match="both as partial and as full"):
+        B.check_block_mask(_corrupt(bm, full_kv_num_blocks=bm.kv_num_blocks, full_kv_indices=bm.kv_indices),
+                           n, n, CFG.n_heads, 2)
+    with pytest.raises(ValueError, match="seq_lengths"):
+        B.check_block_mask(bm, n, n + 1, CFG.n_heads, 2)
+
+
+def test_flex_refuses_tables_past_int32_indexing_without_allocating():
+    m3 = MSAConfig.preset("m3")
+    n = 512 * 1024  # 4 groups x 512K rows x 4096 blocks = 2**33 table elements
+    idx = torch.full((1, 1, 1, m3.top_k), -1, dtype=torch.int32).expand(1, m3.n_kv_heads, n, m3.top_k)
+    with pytest.raises(ValueError, match="does not fit.*int32"):
+        B.flex_block_mask(idx, n, m3, m3.n_heads)
+    assert B.selection_table_bytes(1, m3.n_kv_heads, 128 * 1024, 128 * 1024, 128) <= B.FLEX_MAX_TABLE_ELEMENTS
+    with pytest.raises(ValueError, match="outside"):
+        B.flex_blocks(torch.tensor([[[[0, 5]]]], dtype=torch.int32), 64, 16)  # block 5 of 4
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -392,7 +489,7 @@ SMOKE = ["--device", "cpu", "--shapes", "tiny", "--lengths", "128", "--decode-le
 def test_cpu_smoke_run_records_every_row_and_its_failures(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(B, "_kernels", lambda: _fake_kernels(fail_sparse=True))
     out = tmp_path / "r.json"
-    assert B.main(SMOKE + ["--out", str(out)]) == 0
+    assert B.main(SMOKE + ["--out", str(out), "--flex"]) == 0
     d = B.load_json(out)
     status = {(r["name"], r.get("nq")): r["status"] for r in d["rows"]}
     assert status[("msa_sparse_attn", 128)] == "error" and status[("msa_total", 128)] == "error"
@@ -403,7 +500,9 @@ def test_cpu_smoke_run_records_every_row_and_its_failures(tmp_path, monkeypatch,
     flex = next(r for r in d["rows"] if r["name"] == "flex_attention")
     assert flex["error"].startswith("does not fit: ")
     assert {r["name"] for r in d["rows"] if r["mode"] == "decode"} == {
-        "msa_decode_indexer", "msa_decode_attn", "msa_decode", "dense_decode"}
+        "msa_decode_indexer", "msa_decode_attn", "msa_decode", "dense_decode", "msa_decode_graph", "dense_decode_graph"}
+    graph = [r for r in d["rows"] if r["name"].endswith("_graph")]
+    assert graph and all(r["status"] == "skipped" and "CUDA graphs need a CUDA device" in r["error"] for r in graph)
     assert len([r for r in d["rows"] if r["name"] == "dense_decode"]) == 2  # 1 and 3 new tokens
     assert "injected kernel failure" in next(r for r in d["rows"] if r["name"] == "msa_sparse_attn")["error"]
     assert d["run"]["finished"] and d["run"]["n_error"] >= 2
@@ -416,14 +515,140 @@ def test_cpu_smoke_run_budget_skips_with_reason(tmp_path, monkeypatch):
     assert B.main(SMOKE + ["--out", str(out), "--budget-s", "1e-6"]) == 0
     rows = B.load_json(out)["rows"]
     skipped = [r for r in rows if r["status"] == "skipped"]
-    assert skipped and all(r["error"].startswith(("time budget", "does not fit")) for r in skipped)
+    assert skipped and all(r["error"].startswith(("time budget", "does not fit", "not run: FlexAttention is opt-in",
+                                                  "CUDA graphs need")) for r in skipped)
     assert any(r["name"] == "dense_sdpa" and r["error"].startswith("time budget") for r in skipped)
 
 
 def test_cpu_smoke_run_check_passes_on_the_same_math(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "_kernels", _fake_kernels)
     out = tmp_path / "r.json"
-    assert B.main(SMOKE + ["--out", str(out), "--decode-lengths", "", "--no-flex"]) == 0
+    assert B.main(SMOKE + ["--out", str(out), "--decode-lengths", ""]) == 0
     check = next(r for r in B.load_json(out)["rows"] if r["name"] == "check")
     assert check["status"] == "ok", check["error"]
     assert check["notes"]["selection_overlap"] == 1.0 and math.isfinite(check["notes"]["rel_err"])
+
+
+def test_flex_is_opt_in_and_help_says_why(tmp_path, monkeypatch):
+    help_text = " ".join(B.build_parser().format_help().split())
+    assert "--flex" in help_text and "illegal memory access" in help_text
+    assert B.parse_args([]).flex is False and B.parse_args(["--flex"]).flex is True
+    assert B.parse_args(["--flex", "--no-flex"]).flex is False
+    monkeypatch.setattr(B, "_kernels", _fake_kernels)
+    out = tmp_path / "r.json"
+    assert B.main(SMOKE + ["--out", str(out), "--decode-lengths", ""]) == 0
+    flex = next(r for r in B.load_json(out)["rows"] if r["name"] == "flex_attention")
+    assert flex["status"] == "skipped" and "--flex" in flex["error"]
+
+
+def test_lost_cuda_context_keeps_the_rows_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    """An illegal memory access surfaces at the next synchronize (Bench.free after a row): the run stops,
+    the row is recorded with the reason, and the table is still printed from the file."""
+    state = {"boom": False}
+    fake = _fake_kernels()
+
+    def msa_attention(*a, **kw):
+        state["boom"] = True  # the row "corrupts" the GPU; its call itself returns
+        return _fake_kernels().msa_attention(*a, **kw)
+
+    fake.msa_attention = msa_attention
+    monkeypatch.setattr(B, "_kernels", lambda: fake)
+    real_free = B.Bench.free
+
+    def free(self):
+        if state["boom"]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        real_free(self)
+
+    monkeypatch.setattr(B.Bench, "free", free)
+    out = tmp_path / "r.json"
+    assert B.main(SMOKE + ["--out", str(out)]) == 1
+    d = B.load_json(out)
+    rows = {r["name"]: r for r in d["rows"]}
+    assert rows["msa_indexer"]["status"] == "ok" and rows["msa_sparse_attn"]["status"] == "ok"
+    assert rows["msa_total"]["status"] == "error" and "CUDA context lost" in rows["msa_total"]["error"]
+    assert "dense_sdpa" not in rows  # nothing ran on a dead context
+    assert not d["run"]["finished"] and "DeviceLost" in d["run"]["interrupted"]
+    printed = capsys.readouterr().out
+    assert "| tiny | 128 |" in printed and "CUDA context lost" in printed
+
+
+class _FakeGraph:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def replay(self):
+        return self.fn()
+
+
+def test_decode_graph_rows_time_replays_next_to_the_eager_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "_kernels", _fake_kernels)
+    monkeypatch.setattr(B, "graphs_unsupported_reason", lambda device: None)
+    captured = []
+
+    def capture(fn, warmup=2):
+        captured.append(fn)
+        return _FakeGraph(fn), fn()
+
+    monkeypatch.setattr(B, "capture_graph", capture)
+    out = tmp_path / "r.json"
+    assert B.main(SMOKE + ["--out", str(out), "--lengths", "", "--decode-new-tokens", "1"]) == 0
+    d = B.load_json(out)
+    rows = {r["name"]: r for r in d["rows"]}
+    for name in ("msa_decode_graph", "dense_decode_graph", "msa_decode", "dense_decode"):
+        assert rows[name]["status"] == "ok" and rows[name]["ms"] > 0, rows[name]
+    assert rows["msa_decode_graph"]["notes"]["graphs"] == rows["msa_decode_graph"]["notes"]["input_sets"]
+    assert rows["dense_decode_graph"]["notes"]["backend"] == rows["dense_decode"]["notes"]["backend"]
+    assert rows["msa_decode_graph"]["flops"] == rows["msa_decode"]["flops"]
+    assert len(captured) == rows["msa_decode_graph"]["notes"]["graphs"] + 1
+    line = next(x for x in B.render_markdown(d).splitlines() if x.startswith("| tiny | 256 | 2 | 1 |"))
+    assert line.count("|") == 13 and "| - |" not in line[line.index("| 1 |") + 4:]
+
+
+def test_failed_graph_capture_is_recorded_and_the_eager_numbers_stay(tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "_kernels", _fake_kernels)
+    monkeypatch.setattr(B, "graphs_unsupported_reason", lambda device: None)
+
+    def capture(fn, warmup=2):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(B, "capture_graph", capture)
+    out = tmp_path / "r.json"
+    assert B.main(SMOKE + ["--out", str(out), "--lengths", "", "--decode-new-tokens", "1"]) == 0
+    rows = {r["name"]: r for r in B.load_json(out)["rows"]}
+    assert rows["msa_decode"]["status"] == "ok" and rows["dense_decode"]["status"] == "ok"
+    for name in ("msa_decode_graph", "dense_decode_graph"):
+        assert rows[name]["status"] == "error" and "not permitted when stream is capturing" in rows[name]["error"]
+    assert "graph capture failed" in rows["msa_decode_graph"]["error"]
+
+
+def test_merged_runs_drop_rows_measured_elsewhere_from_not_measured(tmp_path):
+    rows = _sample_rows()
+    skipped = _row("msa_total", status="skipped", shape="m3", n=8192, nq=8192, error="time budget: no time")
+    a = _results([r for r in rows if r["name"] != "msa_total"] + [skipped])
+    b = _results([r for r in rows if r["name"] == "msa_total"])
+    assert "msa_total m3 8K" in B.render_markdown(a)
+    p1, p2 = B.write_json(a, tmp_path / "a.json"), B.write_json(b, tmp_path / "b.json")
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_table.py"), str(p1), str(p2),
+                          "--merged-out", str(tmp_path / "m.json")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "msa_total m3 8K" not in out.stdout and "time budget" not in out.stdout
+    assert "dense_sdpa llama3_8b 8K" in out.stdout  # failed everywhere: still listed
+    assert B.load_json(tmp_path / "m.json")["rows"][-1]["name"] == "msa_total"
+
+
+def test_autotune_off_is_recorded_and_captioned(tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "_kernels", _fake_kernels)
+    monkeypatch.setenv("MSA_LAB_AUTOTUNE", "0")
+    out = tmp_path / "r.json"
+    assert B.main(SMOKE + ["--out", str(out), "--lengths", "", "--decode-new-tokens", "1"]) == 0
+    d = B.load_json(out)
+    assert d["env"]["MSA_LAB_AUTOTUNE"] == "0" and "MSA_LAB_AUTOTUNE=0" in B.caption(d)
+    tuned = _results(_sample_rows())
+    assert "MSA_LAB_AUTOTUNE" not in B.caption(tuned)
+    decode_off = _results([r for r in _sample_rows() if r["mode"] == "decode"])
+    decode_off["env"] = {"MSA_LAB_AUTOTUNE": "0"}
+    prefill_on = _results([r for r in _sample_rows() if r["mode"] != "decode"])
+    merged = B.merge_results([prefill_on, decode_off])
+    assert "MSA_LAB_AUTOTUNE=0 (one kernel config) for the decode rows" in B.caption(merged)
+    assert "MSA_LAB_AUTOTUNE" not in B.caption(B.merge_results([prefill_on, prefill_on]))
