@@ -21,7 +21,7 @@ import warnings
 from ._common import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
 from .sparse_attention import sparse_attention_prefill
 from .sparse_decode import MAX_DECODE_TOKENS, sparse_attention_decode
-from .sparse_attention_kv_outer import sparse_attention_kv_outer
+from . import sparse_attention_kv_outer as _kv_outer  # module kept reachable under its own name
 
 # MSA_LAB_PREFILL_SCHEDULE=kv_outer routes prefill to the KV-outer schedule (opt-in: correct in the
 # interpreter, not yet measured on a GPU; see docs/kernels-notes.md).
@@ -40,7 +40,7 @@ def sparse_attention(q, k, v, idx, cfg, return_lse: bool = False):
     if q.shape[2] <= MAX_DECODE_TOKENS:
         return sparse_attention_decode(q, k, v, idx, cfg, return_lse=return_lse)
     if os.environ.get("MSA_LAB_PREFILL_SCHEDULE", "per_token") == "kv_outer":
-        return sparse_attention_kv_outer(q, k, v, idx, cfg, return_lse=return_lse)
+        return _kv_outer.sparse_attention_kv_outer(q, k, v, idx, cfg, return_lse=return_lse)
     return sparse_attention_prefill(q, k, v, idx, cfg, return_lse=return_lse)
 
 
@@ -76,6 +76,6 @@ def unsupported_index_reason(iq):
 
 __all__ = [
     "select_blocks", "block_scores", "sparse_attention", "msa_attention", "sparse_attention_prefill",
-    "sparse_attention_decode", "sparse_attention_kv_outer", "unsupported_reason", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES",
+    "sparse_attention_decode", "unsupported_reason", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES",
     "SUPPORTED_INDEX_DIMS", "selection_agreement", "unsupported_index_reason",
 ]
