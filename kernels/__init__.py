@@ -16,15 +16,28 @@ behaviour (out-of-bounds reads, wrong results), not an error.
 from __future__ import annotations
 
 import os
-import warnings
 
 from ._common import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS
 from .sparse_attention import sparse_attention_prefill
 from .sparse_decode import MAX_DECODE_TOKENS, sparse_attention_decode
 from . import sparse_attention_kv_outer as _kv_outer  # module kept reachable under its own name
 
-# MSA_LAB_PREFILL_SCHEDULE=kv_outer routes prefill to the KV-outer schedule (opt-in: correct in the
-# interpreter, not yet measured on a GPU; see docs/kernels-notes.md).
+# Prefill schedule (MSA_LAB_PREFILL_SCHEDULE = auto | per_token | kv_outer; default auto). Measured on
+# one H100, m3 shapes, same call (data/bench/2026-11-27-nvidia-h100-80gb-hbm3-{flex,kvouter}.json):
+# sparse attention at 128K per-token 72.8 ms vs KV-outer 79.1 ms; at 512K 441 ms vs 321 ms. So auto
+# takes KV-outer from KV_OUTER_MIN_TOKENS query tokens in one call (between the two measured points).
+PREFILL_SCHEDULES = ("auto", "per_token", "kv_outer")
+KV_OUTER_MIN_TOKENS = 262_144
+
+
+def prefill_schedule(n_queries: int) -> str:
+    """"per_token" or "kv_outer" for a prefill call of n_queries tokens (MSA_LAB_PREFILL_SCHEDULE)."""
+    want = os.environ.get("MSA_LAB_PREFILL_SCHEDULE", "auto") or "auto"
+    if want not in PREFILL_SCHEDULES:
+        raise ValueError(f"MSA_LAB_PREFILL_SCHEDULE={want!r} is not one of {PREFILL_SCHEDULES}; unset it for 'auto'.")
+    if want == "auto":
+        return "kv_outer" if n_queries >= KV_OUTER_MIN_TOKENS else "per_token"
+    return want
 
 from .indexer import SUPPORTED_INDEX_DIMS, block_scores, select_blocks, selection_agreement
 
@@ -35,11 +48,11 @@ def sparse_attention(q, k, v, idx, cfg, return_lse: bool = False):
     q ``[B, Hq, Nq, D]``, k/v ``[B, Hkv, Nk, D]`` (Nq <= Nk, query i at key position Nk - Nq + i),
     idx ``int32 [B, Hkv, Nq, top_k]`` (validated by the caller, -1 padded). Returns O ``[B, Hq, Nq, D]``
     in q's dtype, plus LSE ``float32 [B, Hq, Nq]`` (natural log) if return_lse; empty rows: 0 and -inf.
-    Nq <= 16 runs the split-over-blocks decode kernel, longer chunks the prefill kernel.
+    Nq <= 16 runs the split-over-blocks decode kernel, longer chunks a prefill kernel (prefill_schedule).
     """
     if q.shape[2] <= MAX_DECODE_TOKENS:
         return sparse_attention_decode(q, k, v, idx, cfg, return_lse=return_lse)
-    if os.environ.get("MSA_LAB_PREFILL_SCHEDULE", "per_token") == "kv_outer":
+    if prefill_schedule(q.shape[2]) == "kv_outer":
         return _kv_outer.sparse_attention_kv_outer(q, k, v, idx, cfg, return_lse=return_lse)
     return sparse_attention_prefill(q, k, v, idx, cfg, return_lse=return_lse)
 

@@ -269,16 +269,19 @@ class Model:
         return Capture(describe(enc.ids), enc.ids.numpy(), msa.block_size, msa.top_k, selected, mass, recall)
 
 
-def load_model(name: str, device=None, *, checkpoint_dir=None, dtype: torch.dtype = torch.float32) -> Model:
+def load_model(name: str, device=None, *, checkpoint_dir=None, dtype: Optional[torch.dtype] = None) -> Model:
     """Load a trained model by name ("msa-tiny" | "dense-200k") from data/checkpoints (sha256-checked).
 
-    device: None = CUDA if available, else CPU. checkpoint_dir: another directory of checkpoints
+    device: None = CUDA if available, else CPU. dtype: None = bfloat16 on CUDA, float32 on CPU.
+    checkpoint_dir: another directory of checkpoints
     (default data/checkpoints, or $MSA_LAB_CHECKPOINTS).
     """
     if name not in MODEL_CONFIGS:
         raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(MODEL_CONFIGS))}")
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:  # bf16 where the kernels run fast (the weights were trained under bf16 autocast)
+        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     net, meta = load_checkpoint(name, Path(checkpoint_dir) if checkpoint_dir else None, device=device, dtype=dtype)
     return Model(net, meta)
 

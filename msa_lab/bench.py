@@ -1251,11 +1251,13 @@ class Bench:
         n_q, n_k = q.shape[2], k.shape[2]
         if self.device.type == "cuda":
             if self._flex is None:
-                import torch._dynamo
+                # not `import torch._dynamo`: that binds `torch` as a local name of this whole method, so
+                # the second Flex row (which skips this branch) failed with UnboundLocalError on `torch`
+                from torch import _dynamo as dynamo
 
                 for key in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit"):
-                    if hasattr(torch._dynamo.config, key):  # one recompile per length and shape
-                        setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), 64))
+                    if hasattr(dynamo.config, key):  # one recompile per length and shape
+                        setattr(dynamo.config, key, max(getattr(dynamo.config, key), 64))
                 self._flex = torch.compile(flex_attention, dynamic=False)
             flex = self._flex
         else:

@@ -39,9 +39,16 @@ def _examples(task: str, n: int, seed: int, **opts) -> List[dict]:
     return list(iter_task(task, n, seed, **opts))
 
 
-def _answer_ok(pred: str, answer: str) -> bool:
-    """Every comma-separated expected value appears in the prediction."""
+def answer_ok(pred: str, answer: str) -> bool:
+    """NIAH scoring: every comma-separated expected value appears in the prediction.
+
+    Containment, not equality, so an answer phrased "zesty-canyon is: 4551793" scores like "4551793"
+    (RULER scores the same way). Every NIAH check in msa-lab (eval, migration, widgets) uses this.
+    """
     return all(part.strip() in pred for part in answer.split(",") if part.strip())
+
+
+_answer_ok = answer_ok  # the name msa_lab.eval used before it was public
 
 
 def niah_grid(model: Model, lengths: Sequence[int] = (1024, 4096, 16384), depths: Sequence[float] = (0.0, 0.25, 0.5,
@@ -133,11 +140,18 @@ def position_probe(model: Model, distances: Iterable[int] = (0, 1_000, 10_000, 1
 
     cfg, dev = model.config, model.device
     exs = _examples("niah_single", n, seed, length=length, depth=0.1)
+    # teacher-force the answer in the format the model was trained to give (train.model_answer)
+    fmt = model.card.get("train", {}).get("answer_format", "plain")
     rows = []
     for d in distances:
         ok, lp = 0, 0.0
         for ex in exs:
-            enc, mask = encode_example(ex["prompt"], [], ex["answer"], image_size=cfg.image_size,
+            answer = ex["answer"]
+            if fmt == "keyed":
+                from .tasks.niah import keyed_answer
+
+                answer = keyed_answer(ex)
+            enc, mask = encode_example(ex["prompt"], [], answer, image_size=cfg.image_size,
                                        patch_size=cfg.patch_size)
             meta = json.loads(ex["meta"])
             cut = _needle_end(ex, meta, len(enc))

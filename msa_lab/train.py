@@ -84,6 +84,8 @@ class TrainConfig:
     out_dir: str = str(REPO_ROOT / "data" / "checkpoints")
     log_dir: str = str(REPO_ROOT / "data" / "train")
     resume: bool = False
+    answer_format: str = "keyed"  # NIAH targets "<key> is: <value>" (keyed_answer) or the bare value ("plain")
+    init_from: Optional[str] = None  # directory of a checkpoint to warm-start from (fresh optimizer)
     save_every: float = 5.0
     smoke: bool = False
     progress: bool = True
@@ -136,13 +138,29 @@ class TaskSource:
         opts: dict = {}
         if task in TEXT_TASKS:
             opts = {"length": seq_len, "split": "train"}
+            if task in ("niah_multi_key", "niah_multi_query", "niah_multi_value"):
+                # more needles = more answer bytes per token: the retrieval signal is what a short run lacks
+                opts["num_needles"] = needles_for(seq_len, seed)
         elif task == "video":
             opts = {"num_frames": video_frames(seq_len)}
         return list(self.iter_task(task, n, seed, **opts))
 
 
-def model_answer(ex: dict, images) -> str:
-    """The training target: GUI points move from original pixels to the resized image's pixels."""
+def needles_for(seq_len: int, seed: int) -> int:
+    """Needles per multi-needle training example: 2..32, at most one per 128 tokens (they must fit)."""
+    return random.Random(seed).randint(2, max(2, min(32, seq_len // 128)))
+
+
+KEYED_NIAH = ("niah_single", "niah_multi_key", "niah_multi_query")
+
+
+def model_answer(ex: dict, images, answer_format: str = "keyed") -> str:
+    """The training target: GUI points move from original pixels to the resized image's pixels; NIAH
+    answers are keyed (msa_lab.tasks.niah.keyed_answer) unless answer_format="plain"."""
+    if ex["task"] in KEYED_NIAH and answer_format == "keyed":
+        from .tasks.niah import keyed_answer  # NIAH examples exist only where msa_lab.tasks imports
+
+        return keyed_answer(ex)
     if ex["task"] != "gui":
         return ex["answer"]
     a = json.loads(ex["answer"])
@@ -165,11 +183,11 @@ class Batch:
         return int((self.ids != PAD).sum())
 
 
-def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int) -> Batch:
+def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int, answer_format: str = "keyed") -> Batch:
     encs, masks = [], []
     for ex in examples:
         imgs = [prepare_image(im, cfg.image_size) for im in ex["images"]]
-        enc, m = encode_example(ex["prompt"], imgs, model_answer(ex, imgs), image_size=cfg.image_size,
+        enc, m = encode_example(ex["prompt"], imgs, model_answer(ex, imgs, answer_format), image_size=cfg.image_size,
                                 patch_size=cfg.patch_size)
         encs.append(enc)
         masks.append(m)
@@ -215,7 +233,7 @@ def build_step(tc: TrainConfig, cfg: ModelConfig, source: TaskSource, step: int,
         est = frames * (cfg.patches_per_image + 2) + 128
         n_ex = max(1, min(tc.max_examples, tc.tokens_per_step // est))
     examples = source.examples(task, n_ex, rng.randrange(2**31), seq_len)
-    batch = make_batch(examples, cfg, task, cfg.block_size)
+    batch = make_batch(examples, cfg, task, cfg.block_size, tc.answer_format)
     n = batch.ids.shape[1]
     jump = task in TEXT_TASKS and rng.random() < tc.pose_prob
     max_pos = cfg.max_context or cfg.pose_max_position  # dense-200k never sees positions past its limit
@@ -252,9 +270,7 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
     ids = batch.ids.to(device)
     aux = None
     if net.cfg.sparse:
-        s = min(tc.kl_queries, batch.prompt_len)
-        slots = torch.tensor(sorted(rng.sample(range(batch.prompt_len), s)), device=device)
-        aux = {"kl_slots": slots}
+        aux = {"kl_slots": kl_slots(batch, tc.kl_queries, rng).to(device)}
     logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device), mode=mode,
                  aux=aux)
     tgt = ids[:, 1:]
@@ -268,6 +284,24 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
         loss = loss + tc.prompt_loss_weight * (ce * pmask).sum() / pmask.sum().clamp(min=1)
     kl = torch.stack(aux["kl"]).mean() if aux and aux.get("kl") else torch.zeros((), device=device)
     return {"loss": loss + tc.kl_weight * kl, "lm_loss": lm.detach(), "kl": kl.detach()}
+
+
+KL_TAIL = 48  # question tokens before the answer: the queries whose picks decide retrieval
+KL_ANSWER = 12  # answer positions (the bytes copied from the needle)
+
+
+def kl_slots(batch: Batch, k: int, rng: random.Random) -> torch.Tensor:
+    """int64 [S] sorted query positions for the indexer's KL: the question tail and the first answer
+    positions always, the rest drawn at random from the prompt.
+
+    Random prompt positions alone almost never land on the question, yet those few queries are the
+    ones that must pick the needle's block; the answer positions copy from it.
+    """
+    n, p = batch.ids.shape[1], batch.prompt_len
+    fixed = set(range(max(0, p - KL_TAIL), min(n, p + KL_ANSWER)))
+    pool = [i for i in range(p) if i not in fixed]
+    extra = rng.sample(pool, max(0, min(len(pool), k - len(fixed))))
+    return torch.tensor(sorted(fixed.union(extra)), dtype=torch.long)
 
 
 # ---------------------------------------------------------------------------- resume state
@@ -314,6 +348,25 @@ def load_resume(net, opt, tc: TrainConfig) -> dict:
     return info["state"]
 
 
+def warm_start(net: MSATransformer, directory: str) -> None:
+    """Load the weights of <directory>/<name>.safetensors (sha256-checked) into net; the optimizer and the
+    schedule start fresh. For a further run when the resume state (fp32 + AdamW) could not be kept."""
+    from .model.checkpoint import load_checkpoint
+
+    src, _ = load_checkpoint(net.cfg.name, Path(directory), device="cpu")
+    if src.cfg != net.cfg:
+        raise ValueError(f"--init-from {directory}: its {net.cfg.name} config differs from this run's; "
+                         f"start from scratch or use a matching checkpoint.")
+    net.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
+
+
+def warm_start_record(name: str, directory: str) -> dict:
+    meta = json.loads((Path(directory) / f"{name}.json").read_text())
+    tr = meta.get("train", {})
+    return {"sha256": meta["sha256"], "steps": tr.get("steps"), "tokens": tr.get("tokens"),
+            "seconds": tr.get("seconds"), "device": tr.get("device"), "command": tr.get("command")}
+
+
 # ---------------------------------------------------------------------------- model card
 CARD_HEADER = """# msa-lab checkpoints
 
@@ -333,6 +386,7 @@ CARD_MODEL = """
 | tokens seen | {tokens:,} |
 | training time | {minutes:.1f} min on {device} |
 | final loss (mean of last 50 steps) | {final_loss} |
+| runs | {runs} |
 | sha256 | `{sha256}` |
 
 Recipe: `{command}` (see msa_lab/train.py for the schedule: dense warm-up, then MSA with KL-trained
@@ -340,6 +394,19 @@ indexer; PoSE position jumps up to {pose_max:,}). Loss curve: `{log}`.
 
 Eval: {eval}
 """
+
+
+def _runs_text(tr: dict) -> str:
+    if tr.get("chain"):  # a run warm-started from a warm-started run: the record lists every run
+        parts = [f"{c['run']}: {c['steps']:,} steps, {c['tokens']:,} tokens, {c['seconds'] / 60:.1f} min"
+                 for c in tr["chain"]]
+        return "; ".join(parts) + (f". {tr['chain_note']}" if tr.get("chain_note") else "")
+    prev = tr.get("warm_started_from")
+    this = f"{tr.get('steps', 0):,} steps / {tr.get('seconds', 0) / 60:.1f} min (`{tr.get('command', '?')}`)"
+    if not prev:
+        return this
+    return (f"{prev.get('steps') or 0:,} steps / {(prev.get('seconds') or 0) / 60:.1f} min (`{prev.get('command')}`), "
+            f"then warm-started: {this}")
 
 
 def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
@@ -360,15 +427,20 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
         tr, cfg = meta.get("train", {}), meta["config"]
         ev = eval_dir / f"{meta['name']}.json"
         ev_text = "not run yet (`python -m msa_lab.eval --model %s`)." % meta["name"]
+        quick = sorted(eval_dir.glob("quick-*.md"))
+        if quick:
+            ev_text += " Quick checks right after training: " + ", ".join(
+                f"`{q.relative_to(REPO_ROOT) if q.is_relative_to(REPO_ROOT) else q}`" for q in quick) + "."
         if ev.is_file():
             summary = json.loads(ev.read_text()).get("summary", {})
             ev_text = ", ".join(f"{k} = {v}" for k, v in summary.items()) or ev_text
         parts.append(CARD_MODEL.format(
             name=meta["name"], attention=cfg["attention"], n_params=meta["n_params"], bytes_mib=meta["bytes"] / 2**20,
             limit=f"{cfg['max_context']:,} tokens" if cfg.get("max_context") else "none (memory-bound)",
-            steps=tr.get("steps", 0), tokens=tr.get("tokens", 0), minutes=tr.get("seconds", 0) / 60,
+            steps=tr.get("total_steps", tr.get("steps", 0)), tokens=tr.get("total_tokens", tr.get("tokens", 0)),
+            minutes=tr.get("total_seconds", tr.get("seconds", 0)) / 60,
             device=tr.get("device", "?"), final_loss=tr.get("final_loss", "?"), sha256=meta["sha256"],
-            command=tr.get("command", "?"), pose_max=cfg["pose_max_position"], log=tr.get("log", "?"), eval=ev_text))
+            runs=_runs_text(tr), command=tr.get("command", "?"), pose_max=cfg["pose_max_position"], log=tr.get("log", "?"), eval=ev_text))
     path = out_dir / "README.md"
     path.write_text("".join(parts))
     return path
@@ -398,6 +470,9 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "runs": []}
     if tc.resume:
         state = load_resume(net, opt, tc)
+    elif tc.init_from:
+        warm_start(net, tc.init_from)
+        state["init_from"] = warm_start_record(cfg.name, tc.init_from)
     elif log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh curve
     source = TaskSource(parse_tasks("synthetic_niah" if tc.smoke else tc.tasks), log=print)
@@ -480,7 +555,14 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     record = {"steps": state["step"], "seconds": round(state["seconds"], 1), "tokens": state["tokens"],
               "device": dev_name, "final_loss": final_loss, "log": str(log_path),
               "command": "python -m msa_lab.train " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "torch": torch.__version__, "runs": state["runs"]}
+              "torch": torch.__version__, "runs": state["runs"], "answer_format": tc.answer_format}
+    if state.get("init_from"):
+        prev = state["init_from"]
+        record["warm_started_from"] = prev
+        # the card reports the whole training: this run plus the one it started from
+        record["total_steps"] = state["step"] + (prev.get("steps") or 0)
+        record["total_tokens"] = state["tokens"] + (prev.get("tokens") or 0)
+        record["total_seconds"] = round(state["seconds"] + (prev.get("seconds") or 0), 1)
     net.eval()
     save_checkpoint(net, Path(tc.out_dir), train=record)
     render_card(Path(tc.out_dir))
@@ -507,6 +589,8 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--kl-queries", type=int, default=d.kl_queries)
     ap.add_argument("--pose-prob", type=float, default=d.pose_prob)
     ap.add_argument("--prompt-loss-weight", type=float, default=d.prompt_loss_weight)
+    ap.add_argument("--answer-format", default=d.answer_format, choices=["keyed", "plain"],
+                    help="NIAH training targets: '<key> is: <value>' (keyed) or the bare value (plain)")
     ap.add_argument("--tasks", default=d.tasks, help="name:weight,... (msa_lab.tasks names, or synthetic_niah)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default=None)
@@ -516,6 +600,8 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--log-dir", default=d.log_dir)
     ap.add_argument("--save-every", type=float, default=d.save_every, help="minutes between resume saves")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--init-from", default=None, metavar="DIR",
+                    help="warm-start from DIR/<model>.safetensors (fresh optimizer and schedule)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU config on the synthetic task (30 steps)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     a = vars(ap.parse_args(argv))

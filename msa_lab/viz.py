@@ -221,7 +221,7 @@ def cost_figure(cfg: MSAConfig, lengths: Optional[Sequence[int]] = None, mode: s
 
     lengths: context lengths (default: 200 points from 1K to 1M). marker: a length to mark.
     """
-    go = _go()
+    _go()  # fails early, with the install hint, when plotly is missing
     from plotly.subplots import make_subplots
 
     lengths = _cost.log_lengths() if lengths is None else list(lengths)

@@ -21,3 +21,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def torch_path_models(monkeypatch):
+    """Run whole models on the torch path, not the Triton interpreter this file turns on.
+
+    The interpreter is for the kernel tests at small shapes: a 1K-token forward of the shipped
+    msa-tiny through it takes minutes on a 2-core CPU. Subprocesses started by a test inherit this.
+    """
+    monkeypatch.setenv("TRITON_INTERPRET", "0")

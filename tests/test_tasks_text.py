@@ -240,3 +240,18 @@ def test_haystack_source_take_is_exact():
         text, pieces = src.take(n, random.Random(n))
         assert len(text) == n and text.endswith(b"\n")
         text.decode("utf-8")
+
+
+@pytest.mark.parametrize("variant", ["single", "multi_key", "multi_query"])
+def test_keyed_answer_scores_like_the_plain_answer(variant):
+    """The trainer's "<key> is: <value>" targets hold every expected value, in the question's order."""
+    from msa_lab.eval import answer_ok
+    from msa_lab.tasks.niah import iter_niah, keyed_answer
+
+    for ex in iter_niah(3, 11, variant=variant, length=1500):
+        meta = json.loads(ex["meta"])
+        keyed = keyed_answer(ex)
+        assert answer_ok(keyed, ex["answer"])
+        assert [p.split(" is: ")[1] for p in keyed.split(", ")] == ex["answer"].split(", ")
+        assert all(f"{n['key']} is: {n['value']}" in n["text"] for n in meta["needles"] if n["queried"])
+        assert not answer_ok(keyed.replace(meta["answers"][0], "0000000"), ex["answer"])

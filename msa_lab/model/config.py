@@ -47,6 +47,7 @@ class ModelConfig:
     local_blocks: int = 2  # see the module docstring
     # --- positions (RoPE on the main branch, trained with PoSE jumps; NoPE index branch) ---
     rope_base: float = 10_000.0
+    rope_dims: int = 16  # rotated dims per head (half of head_dim 32); the rest are NoPE (see net.py)
     pose_max_position: int = 1_200_000  # training jumps positions up to this, so 1M distances are seen
     # --- images ---
     image_size: int = 64  # every image is converted to RGB and resized to image_size x image_size
@@ -62,6 +63,10 @@ class ModelConfig:
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ValueError(f"ModelConfig.{f} must be a positive int, got {v!r}")
+        if not isinstance(self.rope_dims, int) or self.rope_dims < 0 or self.rope_dims % 2 \
+                or self.rope_dims > self.head_dim:
+            raise ValueError(f"ModelConfig.rope_dims={self.rope_dims!r} must be an even int in [0, head_dim="
+                             f"{self.head_dim}] (0 = no rotary positions).")
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even (RoPE rotates pairs of dims).")
         if self.image_size % self.patch_size:
@@ -132,7 +137,7 @@ def small_config(attention: str = "msa", **overrides) -> ModelConfig:
     base = dict(
         name=f"test-{attention}", attention=attention, d_model=64, n_layers=2, d_ff=128, n_heads=4, n_kv_heads=2,
         head_dim=16, index_dim=16, index_key_heads=1, block_size=8, top_k=4, init_blocks=1, local_blocks=2,
-        image_size=16, patch_size=8,
+        image_size=16, patch_size=8, rope_dims=8,
     )
     base.update(overrides)
     return ModelConfig(**base)

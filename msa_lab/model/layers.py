@@ -36,21 +36,30 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int, base: float):
-    """cos, sin float32 [N, head_dim / 2] for int64 positions [N].
+def rope_tables(positions: torch.Tensor, rope_dims: int, base: float):
+    """cos, sin float32 [N, rope_dims / 2] for int64 positions [N] (rope_dims: the rotated part of a head).
 
     Angles are formed in float64: at position 1e6 a float32 angle is off by ~0.06 rad, which would
     blur exactly the long distances this model is meant to reach.
     """
-    inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=positions.device) / head_dim)
+    inv = base ** (-torch.arange(0, rope_dims, 2, dtype=torch.float64, device=positions.device) / max(1, rope_dims))
     ang = positions.to(torch.float64)[:, None] * inv[None, :]
     return ang.cos().float(), ang.sin().float()
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate [B, H, N, D] by the tables [N, D / 2] (half-split pairs)."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    """Rotate the first 2 * cos.shape[-1] dims of [B, H, N, D] (half-split pairs); the rest pass unrotated.
+
+    Partial RoPE: the rotated dims carry local order; the unrotated ones match content at any distance,
+    which a fully rotated head cannot do once distances pass the slowest wavelength (see net.py).
+    """
+    r = 2 * cos.shape[-1]
+    if r == 0:
+        return x
+    xr, rest = x[..., :r].float(), x[..., r:]
+    x1, x2 = xr.chunk(2, dim=-1)
+    rot = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+    return torch.cat([rot, rest], dim=-1) if rest.shape[-1] else rot
 
 
 class SwiGLU(nn.Module):
@@ -72,6 +81,10 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
     """
     B, Hq, Nq, D = q.shape
     Nk = k.shape[2]
+    if q.is_cuda and k.shape[1] != Hq:
+        # SDPA's memory-efficient CUDA kernel has no GQA: with enable_gqa an fp32 call falls back to the
+        # math kernel, which materialises [Hq, N, N] scores (128 GiB at 64K tokens, measured OOM on an H100)
+        k, v = (t.repeat_interleave(Hq // k.shape[1], dim=1) for t in (k, v))
     if Nq == Nk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     if Nq == 1:

@@ -1,7 +1,13 @@
 """MSATransformer: the small multimodal byte-level transformer behind msa-tiny and dense-200k.
 
 Positions — the route chosen to reach 1M tokens after training on a few thousand:
-  * Main branch: RoPE (base 10,000) trained with PoSE-style position jumps (msa_lab.train.pose_positions):
+  * Main branch: partial RoPE, base 10,000, on the first ``rope_dims`` (half) of each head's dims; the
+    other half carries no position. A fully rotated head cannot match content past its slowest
+    wavelength (2*pi*base^(1 - 2/D) ~ 35K tokens at D=32): at a distance of 1M every rotated pair sits
+    at an arbitrary phase, so q.k of the needle is noise. The unrotated half matches "the same key"
+    identically at distance 10 and 10^6; the rotated half gives exact local order (partial rotation
+    as in GPT-NeoX's rotary_pct).
+    The main branch is also trained with PoSE-style position jumps (msa_lab.train.pose_positions):
     a training sequence of a few thousand tokens gets position ids with random gaps, so relative
     distances up to ``pose_max_position`` (1.2M) are seen in training while local order stays exact.
     Why not NoPE: a byte-level model must know the exact order of its last bytes, which RoPE gives for
@@ -99,7 +105,7 @@ class MSATransformer(nn.Module):
             positions = torch.arange(start, start + N, device=ids.device)
         elif positions.shape != (N,):
             raise ValueError(f"positions must be int64 [N={N}], got shape {tuple(positions.shape)}.")
-        cos, sin = rope_tables(positions, self.cfg.head_dim, self.cfg.rope_base)
+        cos, sin = rope_tables(positions, self.cfg.rope_dims, self.cfg.rope_base)
         x = self.embed_inputs(ids, patches, patch_slot)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mode=mode, cache=None if caches is None else caches.layers[i], record=record,

@@ -13,6 +13,7 @@ are exact: the prompt of an example with length=L has exactly L - PROMPT_SPECIAL
 """
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from typing import Iterator, Sequence
@@ -106,6 +107,19 @@ def _generate(n, seed, variant, k, length, depths, value_kind, source) -> Iterat
         meta = {"variant": variant, "length": length, "value_kind": value_kind, "question": question,
                 "answers": answers, "needles": needles, "haystack": hay}
         yield example(task, seed, i, prompt, [], ", ".join(answers), meta)
+
+
+def keyed_answer(ex: dict) -> str:
+    """A NIAH answer phrased "<key> is: <value>" (", "-joined in question order), as a chat model answers.
+
+    Why: after "<key> is: " the value is exactly what followed the same bytes in the needle, so the
+    model can copy it with an induction head (match the recent bytes, copy what came next), the circuit
+    small models learn fastest. A bare value must be produced right after SEP with nothing to match.
+    Scoring is unchanged: msa_lab.eval.answer_ok checks that every value appears in the answer.
+    """
+    meta = json.loads(ex["meta"])
+    asked = [n for n in meta["needles"] if n.get("queried")]  # needle order = the question's key order
+    return ", ".join(f"{n['key']} is: {n['value']}" for n in asked)
 
 
 def _keys(rng: random.Random, count: int) -> list[str]:

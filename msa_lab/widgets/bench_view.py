@@ -29,6 +29,7 @@ except ImportError as e:  # optional extra
     raise ImportError("BenchView needs ipywidgets and plotly: pip install 'msa-lab[lab]'") from e
 
 from .. import bench as _bench
+from ._common import FigureExport
 
 PREFILL_TARGET = 20.0  # dense SDPA ms / MSA total ms at 1M (bench.TARGETS "prefill_speedup")
 DECODE_TARGET = 7.6  # dense ms / MSA ms, decode of 1 new token at 1M ("decode_speedup_b1/b8")
@@ -225,7 +226,7 @@ def _targets_table(d: dict):
 
 
 # ----------------------------------------------------------------------------- widget
-class BenchView:
+class BenchView(FigureExport):
     """A results dropdown (card · date), shape and decode-batch controls, one FigureWidget, export and rerun.
 
     Controls are attributes (``file``, ``shape``, ``fp8``, ``batches``); setting ``.value`` redraws.
@@ -309,11 +310,6 @@ class BenchView:
             self._busy = False
         self._load_file(self.shape.value)
 
-    def save_html(self, path: str, **write_html_kwargs) -> str:
-        """Write the figure as a self-contained HTML file (plotly.js embedded, works offline)."""
-        go.Figure(self.figure).write_html(path, **{"include_plotlyjs": True, **write_html_kwargs})
-        return path
-
     def rerun(self, wait: bool = False) -> Optional[threading.Thread]:
         """Run ``self.command`` (the bench, --quick) in a subprocess when CUDA is available, else show a note.
 
@@ -340,9 +336,6 @@ class BenchView:
         if wait:
             self._thread.join()
         return self._thread
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
 
     # ------------------------------------------------------------------ internals
     def _options(self):

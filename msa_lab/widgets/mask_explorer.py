@@ -7,7 +7,6 @@ init_blocks or local_blocks change. The browser gets at most 256 x 256 heatmap c
 """
 from __future__ import annotations
 
-import contextlib
 import html
 import time
 from collections import OrderedDict
@@ -25,6 +24,7 @@ except ImportError as e:  # optional extra
 from .. import cost, viz
 from ..config import PRESETS, MSAConfig
 from ..demo_data import IndexDemo, block_scores_sampled, needle_recall, sample_positions, select_from_scores
+from ._common import FigureExport, torch_threads as _torch_threads
 
 SEQ_LENS = [(f"{n >> 10}K" if n < (1 << 20) else f"{n >> 20}M", n) for n in (1 << e for e in range(10, 21))]
 BLOCK_SIZES = [16, 32, 64, 128, 256, 512]
@@ -32,7 +32,7 @@ DATA_KINDS = [("structured (needles)", "structured"), ("random", "random")]
 _SCORE_CACHE = 6  # block-score arrays kept (each S x n_blocks float32: 8 MB at 1M tokens, block 128)
 
 
-class MaskExplorer:
+class MaskExplorer(FigureExport):
     """Controls + one plotly FigureWidget (selection map | cost curve) + a status line.
 
     Display it as the last expression of a cell (or ``display(explorer.widget)``). Controls are
@@ -146,28 +146,6 @@ class MaskExplorer:
         current = next(reversed(self._scores), None) if keep_current else None
         self._scores = OrderedDict((k, v) for k, v in self._scores.items() if k == current)
 
-    def save_html(self, path: str, **write_html_kwargs) -> str:
-        """Write the figure as a self-contained HTML file (plotly.js embedded, works offline).
-
-        Extra keywords go to plotly's ``write_html`` (e.g. ``config={"displayModeBar": False}``).
-        """
-        go.Figure(self.figure).write_html(path, **{"include_plotlyjs": True, **write_html_kwargs})
-        return path
-
-    def save_png(self, path: str, scale: float = 1.0) -> str:
-        """Write the figure as PNG through kaleido (needs kaleido and a local Chrome/Chromium)."""
-        try:
-            go.Figure(self.figure).write_image(path, scale=scale)
-        except Exception as e:  # noqa: BLE001 - kaleido fails in many ways without a browser
-            raise RuntimeError(
-                f"PNG export failed ({type(e).__name__}: {e}). It needs `pip install kaleido` and a local "
-                f"Chrome or Chromium; save_html(path) always works."
-            ) from e
-        return path
-
-    def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
-
     # ------------------------------------------------------------------ internals
     def _changed(self, change) -> None:
         if self._busy:
@@ -275,18 +253,3 @@ class MaskExplorer:
             self._show_error(f"could not save {self.save_path.value!r}: {e}")
             return
         self.status.value += f"<br>saved {html.escape(path)}"
-
-
-@contextlib.contextmanager
-def _torch_threads(n: Optional[int]):
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

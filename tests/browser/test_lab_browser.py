@@ -2,15 +2,17 @@
 
 Per notebook: open it, Run > Run All Cells from the menu, wait until every code cell has run, check that
 no cell shows an error and every widget rendered, then one interaction (a MaskExplorer slider and top_k
-for 01, the results dropdown for 07) must change the plotly graph in the DOM. Screenshots go to
+for 01, the Step button for 03, the results dropdown for 07) must change the plotly graph in the DOM. Screenshots go to
 test-artifacts/browser/ (gitignored); MSA_LAB_UPDATE_DOCS_IMG=1 also copies 01's explorer (default
 settings) to docs/img/lab_01.png.
 
-Adding a notebook (e.g. 03's prefill stepper and its Step button) is one Case in CASES plus one
-interaction function that returns a short description of what it changed.
+Adding a notebook is one Case in CASES plus one interaction function that returns a short description of
+what it changed. Waits are on conditions (the kernel's answer in the DOM), never fixed sleeps, with bounds
+sized for a busy 2-core CI machine.
 """
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ pytestmark = pytest.mark.browser
 
 RUN_ALL_S = 150  # Run All on 2 busy cores: kernel start + imports + the cells; bounded, generous
 CHANGE_S = 45  # one widget update reaching the browser
+STEP_S = 180  # 03: one prefill chunk on a busy CPU (seconds when idle, much longer when shared) + the redraw
 
 
 # ----------------------------------------------------------------------------- page helpers
@@ -71,12 +74,12 @@ def plot_state(output) -> str:
     )
 
 
-def wait_for_change(output, before: str, what: str) -> str:
+def wait_for_change(output, before: str, what: str, timeout_s: float = CHANGE_S) -> str:
     output.page.wait_for_function(
         """([el, before]) => JSON.stringify([...el.querySelectorAll('.js-plotly-plot')].map(gd => [
             (gd.data || []).map(t => [t.name || '', t.x, t.y, t.z]),
             (gd.querySelector('.gtitle') || {}).textContent || ''])) !== before""",
-        arg=[output.element_handle(), before], timeout=CHANGE_S * 1000,
+        arg=[output.element_handle(), before], timeout=timeout_s * 1000,
     )
     after = plot_state(output)
     assert after != before, f"the plot did not change after {what}"
@@ -139,7 +142,23 @@ def change_bench_file(page, name: str) -> str:
     return f"results dropdown -> {target!r} redrew the figure"
 
 
-# (03's Step button goes here once notebooks/03_*.ipynb exists: click it, check the stepper's plot.)
+def step_prefill(page, name: str) -> str:
+    """03: press Step; the kernel prefills one chunk, the status line and the six panels must change.
+
+    Two condition waits, no sleeps: first the status text naming the first chunk (the kernel finished the
+    chunk and its update reached the page), then the plot fingerprint (plotly applied the batched update).
+    """
+    out = widget_output(page, "chunk size")
+    shot(page, f"{name}-stepper-before", out)
+    before = plot_state(out)
+    assert "prefill: 0 / " in before, "the stepper's title should start at 0 tokens"
+    # by text, not by role name: the icon font's ::before glyph is part of the button's accessible name
+    out.locator("button.widget-button", has_text=re.compile(r"^\W*Step\s*$")).first.click()
+    out.locator(".widget-html:has-text('tokens in 1 chunks')").first.wait_for(timeout=STEP_S * 1000)
+    after = wait_for_change(out, before, "pressing Step", timeout_s=STEP_S)
+    assert "prefill: 0 / " not in after, "the plot changed but its title still says 0 tokens after Step"
+    shot(page, f"{name}-stepper-after", out)
+    return "Step prefilled one chunk: ms/chunk, tokens/s, memory, density, selection and time panels redrawn"
 
 
 @dataclass(frozen=True)
@@ -150,6 +169,7 @@ class Case:
 
 CASES = [
     Case("01_msa_tour.ipynb", move_mask_explorer),
+    Case("03_prefill_1m.ipynb", step_prefill),
     # 07 (change_bench_file) passed here but timed out waiting for the redraw in a fresh clone's CI
     # run; it comes back once that is understood (notebook 07 still runs headless in test_notebooks).
 ]

@@ -171,3 +171,16 @@ def test_m3_128k_decode(monkeypatch, Nq):
     print(f"\n[m3 decode B={B} Nq={Nq} ctx 128K bf16] dispatched {auto * 1e3:.1f} us ({gb / auto:.2f} TB/s "
           f"gathered), 1 split {one * 1e3:.1f} us, prefill kernel {pre * 1e3:.1f} us, eager (launch overhead incl.) "
           f"{eager * 1e3:.1f} us; config {SD._sparse_decode_split_kernel.best_config}")
+
+
+@pytest.mark.parametrize("B,Hq,Hkv,Nq,Nk,D,bs,top_k,dtype", GRID)
+def test_kv_outer_prefill_matches_reference(B, Hq, Hkv, Nq, Nk, D, bs, top_k, dtype, monkeypatch):
+    """The opt-in KV-outer schedule (MSA_LAB_PREFILL_SCHEDULE=kv_outer) on the same grid."""
+    KO = importlib.import_module("msa_lab.kernels.sparse_attention_kv_outer")
+    if hasattr(KO, "_alloc"):
+        monkeypatch.setattr(KO, "_alloc", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype,
+                                                                                  device=device))
+    q, k, v, idx, cfg = make_case(B, Hq, Hkv, Nq, Nk, D, bs, top_k, dtype, seed=Nq)
+    o, lse = KO.sparse_attention_kv_outer(q, k, v, idx, cfg, return_lse=True)
+    ref_o, ref_lse = R.sparse_attention(q.double(), k.double(), v.double(), idx, cfg, return_lse=True)
+    assert_close(o, lse, ref_o, ref_lse, dtype)

@@ -228,3 +228,32 @@ def test_gpu_m3_like_shape_matches_the_gather_kernel():
     check(o, lse, q, k, v, idx, cfg)
     o_g, lse_g = SA.sparse_attention_prefill(q, k, v, idx, cfg, return_lse=True)
     assert rel_err(o, o_g) <= 1e-2 and torch.allclose(lse, lse_g, atol=1e-2, rtol=0)
+
+
+def test_prefill_schedule_rule(monkeypatch):
+    """auto takes KV-outer from KV_OUTER_MIN_TOKENS query tokens; the variable forces either; typos are refused."""
+    K = importlib.import_module("msa_lab.kernels")
+    monkeypatch.delenv("MSA_LAB_PREFILL_SCHEDULE", raising=False)
+    assert K.prefill_schedule(K.KV_OUTER_MIN_TOKENS - 1) == "per_token"
+    assert K.prefill_schedule(K.KV_OUTER_MIN_TOKENS) == "kv_outer"
+    monkeypatch.setenv("MSA_LAB_PREFILL_SCHEDULE", "per_token")
+    assert K.prefill_schedule(10 ** 7) == "per_token"
+    monkeypatch.setenv("MSA_LAB_PREFILL_SCHEDULE", "kv_outer")
+    assert K.prefill_schedule(17) == "kv_outer"
+    monkeypatch.setenv("MSA_LAB_PREFILL_SCHEDULE", "kvouter")
+    with pytest.raises(ValueError, match="auto"):
+        K.prefill_schedule(17)
+
+
+def test_sparse_attention_op_routes_by_schedule(monkeypatch):
+    """The package op calls the kernel the schedule names (checked by recording the call, small shapes)."""
+    K = importlib.import_module("msa_lab.kernels")
+    calls = []
+    monkeypatch.setattr(K._kv_outer, "sparse_attention_kv_outer", lambda *a, **kw: calls.append("kv_outer"))
+    monkeypatch.setattr(K, "sparse_attention_prefill", lambda *a, **kw: calls.append("per_token"))
+    monkeypatch.setattr(K, "KV_OUTER_MIN_TOKENS", 32)
+    monkeypatch.delenv("MSA_LAB_PREFILL_SCHEDULE", raising=False)
+    q = torch.zeros(1, 2, 20, 32)
+    K.sparse_attention(q, None, None, None, None)
+    K.sparse_attention(torch.zeros(1, 2, 40, 32), None, None, None, None)
+    assert calls == ["per_token", "kv_outer"]
