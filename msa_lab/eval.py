@@ -48,8 +48,6 @@ def answer_ok(pred: str, answer: str) -> bool:
     return all(part.strip() in pred for part in answer.split(",") if part.strip())
 
 
-_answer_ok = answer_ok  # the name msa_lab.eval used before it was public
-
 
 def niah_grid(model: Model, lengths: Sequence[int] = (1024, 4096, 16384), depths: Sequence[float] = (0.0, 0.25, 0.5,
               0.75, 1.0), n: int = 2, seed: int = 0, variant: str = "single", chunk_size: int = 4096,
@@ -65,7 +63,7 @@ def niah_grid(model: Model, lengths: Sequence[int] = (1024, 4096, 16384), depths
             for ex in exs:
                 pred = model.generate(ex["prompt"], max_new_tokens=max_new_tokens, chunk_size=chunk_size,
                                       overflow=overflow)
-                hits += _answer_ok(pred, ex["answer"])
+                hits += answer_ok(pred, ex["answer"])
             rows.append({"length": length, "depth": depth, "n": len(exs), "accuracy": hits / max(1, len(exs)),
                          "seconds": (time.perf_counter() - t0) / max(1, len(exs))})
     return pd.DataFrame(rows)

@@ -14,7 +14,7 @@ import math
 import resource
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -188,11 +188,30 @@ class Engine:
 
     # ------------------------------------------------------------------ decode
     @torch.no_grad()
-    def decode_step(self, cache: KVCache, token: int) -> torch.Tensor:
-        """Append one token (sparse decode, Nq = 1) -> next-token logits float32 [vocab]."""
+    def decode_step(self, cache: KVCache, token: int, record=None) -> torch.Tensor:
+        """Append one token (sparse decode, Nq = 1) -> next-token logits float32 [vocab].
+
+        record: optional callback(layer, q=, k=, idx=) per layer, as in MSATransformer.forward."""
         self._check_limit(cache.length + 1)
         ids = torch.tensor([[token]], device=self.device)
-        return self.net(ids, caches=cache, last_only=True)[0].float().cpu()
+        return self.net(ids, caches=cache, record=record, last_only=True)[0].float().cpu()
+
+    def decode_from(self, cache: KVCache, logits: torch.Tensor, max_new_tokens: int, *, temperature: float = 0.0,
+                    seed: int = 0, record=None) -> Tuple[List[int], float]:
+        """Decode after a prefill already in ``cache`` (logits: its last next-token logits) until EOS or
+        max_new_tokens -> (token ids without EOS, summed log-prob of the sampled tokens incl. EOS)."""
+        gen = torch.Generator().manual_seed(seed)
+        out: List[int] = []
+        logp = 0.0
+        for i in range(max_new_tokens):
+            tok = self._sample(logits, temperature, gen)
+            logp += float(torch.log_softmax(logits, -1)[tok])
+            if tok == EOS:
+                break
+            out.append(tok)
+            if i + 1 < max_new_tokens:
+                logits = self.decode_step(cache, tok, record)
+        return out, logp
 
     def _sample(self, logits: torch.Tensor, temperature: float, gen) -> int:
         if temperature <= 0:
@@ -205,17 +224,7 @@ class Engine:
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
         cache, logits = self.prefill(enc, chunk_size, extra_tokens=max_new_tokens, max_memory_bytes=max_memory_bytes)
-        gen = torch.Generator().manual_seed(seed)
-        out: List[int] = []
-        logp = 0.0
-        for i in range(max_new_tokens):
-            tok = self._sample(logits, temperature, gen)
-            logp += float(torch.log_softmax(logits, -1)[tok])
-            if tok == EOS:
-                break
-            out.append(tok)
-            if i + 1 < max_new_tokens:
-                logits = self.decode_step(cache, tok)
+        out, logp = self.decode_from(cache, logits, max_new_tokens, temperature=temperature, seed=seed)
         n = max(1, len(out) + (1 if len(out) < max_new_tokens else 0))
         return GenerationResult(decode(out), out, logp / n, input_tokens=len(enc), used_tokens=len(enc))
 

@@ -38,7 +38,7 @@ except ImportError as e:  # optional extra
 
 from .. import cost
 from ..eval import answer_ok
-from ..model.tokens import EOS, decode
+from ..model.tokens import decode
 from ..tasks import iter_task
 from ..tasks.niah import _worst_case_tokens
 from ..tasks.haystack import MIN_HAYSTACK_BYTES
@@ -133,28 +133,16 @@ class Answer:
 
 @torch.no_grad()
 def answer_from_cache(engine, cache, logits: torch.Tensor, max_new_tokens: int) -> Tuple[List[int], List[np.ndarray]]:
-    """Greedy decode continuing a prefilled cache (no second prefill): engine.generate_ids without its prefill.
+    """Greedy decode continuing a prefilled cache (no second prefill), recording each fed-back token's picks.
 
     logits float32 [vocab]: the prefill's last logits. Returns (ids, selections), selections[i] int
     [L, Hkv, top_k] for each token fed back (empty lists for dense models).
     """
-    out: List[int] = []
-    sels: List[np.ndarray] = []
-    for i in range(max_new_tokens):
-        tok = int(logits.argmax())
-        if tok == EOS:
-            break
-        out.append(tok)
-        if i + 1 == max_new_tokens:
-            break
-        got: List[torch.Tensor] = []
-        record = (lambda layer, idx=None, **_: got.append(idx)) if engine.cfg.sparse else None
-        engine._check_limit(cache.length + 1)
-        ids = torch.tensor([[tok]], device=engine.device)
-        logits = engine.net(ids, caches=cache, record=record, last_only=True)[0].float().cpu()
-        if got:
-            sels.append(torch.stack([g[0, :, -1] for g in got]).cpu().numpy())  # [L, Hkv, top_k]
-    return out, sels
+    got: List[torch.Tensor] = []  # one [Hkv, top_k] per layer per decode step
+    record = (lambda layer, idx=None, **_: got.append(idx[0, :, -1].cpu())) if engine.cfg.sparse else None
+    out, _ = engine.decode_from(cache, logits, max_new_tokens, record=record)
+    L = engine.cfg.n_layers
+    return out, [torch.stack(got[i:i + L]).numpy() for i in range(0, len(got), L)]
 
 
 # ----------------------------------------------------------------------------- widget

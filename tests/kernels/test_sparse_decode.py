@@ -10,13 +10,10 @@ if not torch.cuda.is_available():  # on a GPU box the same tests compile real ke
 import pytest  # noqa: E402
 
 import msa_lab.kernels.sparse_decode as SD  # noqa: E402
-from msa_lab import MSAConfig  # noqa: E402
-from msa_lab import reference as R  # noqa: E402
-from tests.helpers import rel_err  # noqa: E402
+from tests.helpers import attention_case, check_attention, rel_err  # noqa: E402
 
 SA = importlib.import_module("msa_lab.kernels.sparse_attention")  # the package's sparse_attention is the op
 
-TOL = {torch.float16: 3e-3, torch.bfloat16: 1e-2, torch.float32: 1e-5}
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # compiled kernels on a GPU box, the interpreter here
 
 
@@ -28,26 +25,12 @@ def poisoned_buffers(monkeypatch):
     monkeypatch.setattr(SA, "_alloc", nan)
 
 
+
 def make_case(B, Hq, Hkv, Nq, Nk, D, bs, top_k, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
-    q, k, v = r(B, Hq, Nq, D), r(B, Hkv, Nk, D), r(B, Hkv, Nk, D)
-    cfg = MSAConfig(block_size=bs, top_k=top_k)
-    idx = R.select_blocks(torch.randn(B, Hkv, Nq, 8, generator=g), torch.randn(B, 1, Nk, 8, generator=g), cfg)
-    idx = idx.gather(-1, torch.rand(idx.shape, generator=g).argsort(-1))  # -1 padding anywhere, empty splits too
-    return q.to(DEV), k.to(DEV), v.to(DEV), idx.to(DEV), cfg
+    return attention_case(B, Hq, Hkv, Nq, Nk, D, bs, top_k, dtype, seed, device=DEV)
 
 
-def check(o, lse, q, k, v, idx, cfg):
-    ref_o, ref_lse = R.sparse_attention(q.double(), k.double(), v.double(), idx, cfg, return_lse=True)
-    tol = TOL[q.dtype]
-    assert o.shape == q.shape and o.dtype == q.dtype and lse.shape == q.shape[:3] and lse.dtype == torch.float32
-    assert bool(torch.isfinite(o).all()), "NaN/inf in O: an element or a split was not written"
-    assert rel_err(o, ref_o) <= tol, rel_err(o, ref_o)
-    fin = torch.isfinite(ref_lse)
-    assert torch.equal(torch.isfinite(lse), fin)
-    assert bool((lse[~fin] == -float("inf")).all()) and bool((o[~fin] == 0).all())
-    assert bool(((lse[fin] - ref_lse[fin]).abs() <= tol * (ref_lse[fin].abs() + 1)).all())
+check = check_attention
 
 
 GRID = [  # B, Hq, Hkv, Nq, Nk, D, block, top_k, dtype, num_splits (None: the GPU-filling default)

@@ -25,8 +25,8 @@ def test_niah_grid_and_heatmap(model):
 
 
 def test_answer_matching():
-    assert E._answer_ok("the numbers are 12, 34.", "12, 34")
-    assert not E._answer_ok("12 only", "12, 34")
+    assert E.answer_ok("the numbers are 12, 34.", "12, 34")
+    assert not E.answer_ok("12 only", "12, 34")
 
 
 def test_position_probe(model):
