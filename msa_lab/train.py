@@ -24,7 +24,11 @@ Recipe
     end: data/train/<model>/resume.safetensors (fp32 weights + AdamW state) + resume.json (step,
     seconds, history). --resume continues from them. The final model goes to
     data/checkpoints/<model>.safetensors/.json (fp16, sha256) and the model card README.md there.
-  * Logs: data/train/<model>/log.jsonl, one line per step (loss, lm_loss, kl, lr, seq_len, tokens/s).
+  * Training-only tasks: "copy" (random strings in a haystack, repeated from a 4-character cue;
+    msa_lab.model.synthetic.iter_copy) and "synthetic_niah".
+  * Logs: data/train/<model>/log.jsonl, one line per step (loss, lm_loss, kl, lr, seq_len, tokens/s,
+    digit_loss: the loss on the answer's digits, which in NIAH only retrieval can predict; ln 10 = 2.30
+    means none).
   * --smoke: a tiny model on the synthetic task on CPU in well under a minute (the test of this file).
 """
 from __future__ import annotations
@@ -52,7 +56,8 @@ from .model.tokens import PAD, encode_example
 from .model.vision import prepare_image
 
 TEXT_TASKS = ("niah_single", "niah_multi_key", "niah_multi_value", "niah_multi_query", "variable_tracking",
-              "synthetic_niah")
+              "synthetic_niah", "copy")
+TRAIN_ONLY_TASKS = ("synthetic_niah", "copy")  # built here (msa_lab.model.synthetic), not eval datasets
 DEFAULT_TASKS = ("niah_single:3,niah_multi_key:1,niah_multi_value:1,niah_multi_query:1,variable_tracking:1,"
                  "image_qa:2,gui:2,video:1")
 
@@ -121,9 +126,10 @@ class TaskSource:
             log(f"msa_lab.tasks unavailable ({type(e).__name__}: {e}); training on synthetic NIAH only")
             weights = {"synthetic_niah": 1.0}
         else:
-            unknown = sorted(set(weights) - set(TASKS) - {"synthetic_niah"})
+            unknown = sorted(set(weights) - set(TASKS) - set(TRAIN_ONLY_TASKS))
             if unknown:
-                raise ValueError(f"--tasks names unknown tasks {unknown}; known: {', '.join(TASKS)}, synthetic_niah")
+                raise ValueError(f"--tasks names unknown tasks {unknown}; known: {', '.join(TASKS)}, "
+                                 f"{', '.join(TRAIN_ONLY_TASKS)}")
         self.weights = weights
 
     def pick(self, rng: random.Random) -> str:
@@ -131,10 +137,12 @@ class TaskSource:
         return rng.choices(names, weights=[self.weights[n] for n in names])[0]
 
     def examples(self, task: str, n: int, seed: int, seq_len: int) -> List[dict]:
-        from .model.synthetic import iter_synthetic_niah
+        from .model.synthetic import iter_copy, iter_synthetic_niah
 
         if task == "synthetic_niah":
             return list(iter_synthetic_niah(n, seed, length=seq_len))
+        if task == "copy":
+            return list(iter_copy(n, seed, length=seq_len, num_strings=needles_for(seq_len, seed)))
         opts: dict = {}
         if task in TEXT_TASKS:
             opts = {"length": seq_len, "split": "train"}
@@ -283,7 +291,10 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
         pmask = (~amask) & (tgt != PAD)
         loss = loss + tc.prompt_loss_weight * (ce * pmask).sum() / pmask.sum().clamp(min=1)
     kl = torch.stack(aux["kl"]).mean() if aux and aux.get("kl") else torch.zeros((), device=device)
-    return {"loss": loss + tc.kl_weight * kl, "lm_loss": lm.detach(), "kl": kl.detach()}
+    # the digits of an answer can only come from the needle (retrieval); the rest is format or key
+    digit = amask & (tgt >= ord("0")) & (tgt <= ord("9"))
+    digit_loss = (ce * digit).sum().detach() / digit.sum() if bool(digit.any()) else None
+    return {"loss": loss + tc.kl_weight * kl, "lm_loss": lm.detach(), "kl": kl.detach(), "digit_loss": digit_loss}
 
 
 KL_TAIL = 48  # question tokens before the answer: the queries whose picks decide retrieval
@@ -529,7 +540,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
             rec = {"step": state["step"], "seconds": round(state["seconds"], 3), "phase": phase, "task": task,
                    "seq_len": n, "batch": batch.ids.shape[0], "tokens": batch.tokens, "pose": jump,
                    "loss": out["loss"].item(), "lm_loss": out["lm_loss"].item(), "kl": out["kl"].item(),
-                   "lr": lr, "grad_norm": float(gnorm), "tokens_per_s": round(batch.tokens / step_time, 1)}
+                   "lr": lr, "grad_norm": float(gnorm), "tokens_per_s": round(batch.tokens / step_time, 1),
+                   "digit_loss": None if out["digit_loss"] is None else round(out["digit_loss"].item(), 4)}
             if device.type == "cuda":
                 rec["mem_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             logf.write(json.dumps(rec) + "\n")
@@ -591,7 +603,7 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--prompt-loss-weight", type=float, default=d.prompt_loss_weight)
     ap.add_argument("--answer-format", default=d.answer_format, choices=["keyed", "plain"],
                     help="NIAH training targets: '<key> is: <value>' (keyed) or the bare value (plain)")
-    ap.add_argument("--tasks", default=d.tasks, help="name:weight,... (msa_lab.tasks names, or synthetic_niah)")
+    ap.add_argument("--tasks", default=d.tasks, help="name:weight,... (msa_lab.tasks names, or the training-only copy / synthetic_niah)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default=None)
     ap.add_argument("--backend", default=None, choices=["triton", "torch", "reference"],

@@ -1,6 +1,9 @@
 """CPU probe: can the backbone learn pure copying (induction)? A 2-layer d 64 model on random 64-letter
 segments repeated once, loss on the copy. `python scripts/copy_task_probe.py ROPE_DIMS` (16 of 16 = full RoPE).
-2026-11-27, ROPE_DIMS 16: loss 3.26 at step 50, 0.038 at 150, 0.003 at 400."""
+2026-11-27, ROPE_DIMS 16: loss 3.26 at step 50, 0.038 at 150, 0.003 at 400.
+Caveat (found later that day): the copy always starts exactly 64 tokens after the original, which RoPE
+solves with a fixed relative offset, so this does not show content-based copying (induction); see
+scripts/induction_probe.py and data/train/probes/gpu-sweeps-2026-11-27/README.md."""
 import random, sys, time, torch, torch.nn.functional as F
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 from msa_lab.model.config import small_config

@@ -184,6 +184,25 @@ def test_run_redraws_are_batched(model):
     assert s2.redraws - before == N // 32 // 4 + 1
 
 
+def test_run_redraws_stay_within_their_budget(model):
+    """A redraw that costs more than redraw_budget of its interval stretches the interval: with a 0 s
+    interval every chunk would redraw, but a (simulated) 10 s redraw at a 2% budget allows none until
+    500 s have passed, so only the final redraw comes."""
+    s = PrefillStepper(model, N, 32, redraw_every_s=0.0, auto_answer=False, torch_threads=1)
+    s._last_redraw_cost = 10.0
+    before = s.redraws
+    s.run_to_end()
+    assert s.redraws - before == 1
+    s2 = PrefillStepper(model, N, 32, redraw_every_s=0.0, auto_answer=False, torch_threads=1)
+    before = s2.redraws
+    s2.step()
+    s2._last_redraw_cost = 0.0  # as if Step's redraw were free: with a 0 s interval the next one is due
+    s2._maybe_redraw()
+    assert s2.redraws - before == 2
+    with pytest.raises(ValueError, match="redraw_budget"):
+        PrefillStepper(model, N, 32, redraw_budget=0)
+
+
 def test_measure_dense_draws_measured_and_projected(model, dense):
     s = PrefillStepper(model, N, CHUNK, dense_model=dense, dense_lengths=(128, 256, 10**6), torch_threads=1)
     pts = s.measure_dense()

@@ -105,3 +105,47 @@ def test_schedule():
 def test_unknown_task_names_are_refused():
     with pytest.raises(ValueError, match="unknown tasks \\['niah_singel'\\]"):
         T.TaskSource({"niah_singel": 1.0})
+
+
+def test_copy_task_examples_and_batches():
+    """The copy task: each string ends a line of the haystack (build_context snaps inserts to a line
+    start where one is near), the question names its first 4 characters, and the answer repeats the
+    strings in the question's order."""
+    from msa_lab.model.synthetic import iter_copy
+
+    exs = list(iter_copy(3, 7, length=1024, num_strings=5))
+    assert exs == list(iter_copy(3, 7, length=1024, num_strings=5))  # deterministic in (seed, index)
+    for ex in exs:
+        strings = ex["answer"].split(", ")
+        assert len(strings) == 5 and len(set(strings)) == 5
+        body, question = ex["prompt"].rsplit("\n", 1)
+        for s in strings:
+            assert 12 <= len(s) <= 40 and f"{s}\n" in body
+            assert s[:4] in question
+        assert [question.index(s[:4]) for s in strings] == sorted(question.index(s[:4]) for s in strings)
+    source = T.TaskSource({"copy": 1.0})
+    exs = source.examples("copy", 2, 1, 1024)
+    batch = T.make_batch(exs, small_config("msa"), "copy", 64)
+    longest = max(1024 + len(ex["answer"]) + 1 for ex in exs)  # prompt tokens + answer bytes + EOS
+    assert batch.ids.shape[1] == -(-longest // 64) * 64
+    assert [int(m.sum()) for m in batch.answer_mask] == [len(ex["answer"]) + 1 for ex in exs]
+    with pytest.raises(ValueError, match="too small"):
+        list(iter_copy(1, 0, length=200, num_strings=8))
+
+
+def test_digit_loss_is_the_loss_on_answer_digits_only():
+    cfg = small_config("dense")
+    net = T.MSATransformer(cfg)
+    exs = [{"task": "niah_single", "prompt": "x is: 123", "images": [], "answer": "ab 42"}]
+    batch = T.make_batch(exs, cfg, "niah_plain", 64, answer_format="plain")
+    tc = T.TrainConfig(prompt_loss_weight=0.0)
+    out = T.compute_loss(net, batch, torch.arange(batch.ids.shape[1]), "train_dense", tc, random.Random(0), "cpu")
+    logits = net(batch.ids, mode="train_dense")
+    ce = torch.nn.functional.cross_entropy(logits[0, :-1], batch.ids[0, 1:], reduction="none")
+    tgt = batch.ids[0, 1:]
+    digits = batch.answer_mask[0, 1:] & (tgt >= ord("0")) & (tgt <= ord("9"))
+    assert int(digits.sum()) == 2  # "4" and "2"; the prompt's digits do not count
+    assert out["digit_loss"].item() == pytest.approx(ce[digits].mean().item(), rel=1e-5)
+    no_digits = T.make_batch([{**exs[0], "answer": "ab"}], cfg, "niah_plain", 64, answer_format="plain")
+    assert T.compute_loss(net, no_digits, torch.arange(no_digits.ids.shape[1]), "train_dense", tc,
+                          random.Random(0), "cpu")["digit_loss"] is None
