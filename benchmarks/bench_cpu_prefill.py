@@ -43,6 +43,7 @@ def main() -> None:
            "peak_mib": max(s.mem_peak_bytes for s in steps) / 2**20, "target_s": 120.0}
     print(f"msa-tiny CPU prefill: {last.total_tokens:,} tokens in {wall:.1f} s ({res['tokens_per_s']:.0f} tokens/s), "
           f"{len(steps)} chunks, peak {res['peak_mib']:.0f} MiB ({res['cpus']} CPUs, {res['torch_threads']} threads)")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
     path = Path(a.out) / f"cpu_prefill-{res['date']}.json"
     path.write_text(json.dumps(res, indent=2) + "\n")
     print("wrote", path)
