@@ -91,6 +91,7 @@ class TrainConfig:
     resume: bool = False
     answer_format: str = "keyed"  # NIAH targets "<key> is: <value>" (keyed_answer) or the bare value ("plain")
     init_from: Optional[str] = None  # directory of a checkpoint to warm-start from (fresh optimizer)
+    token_conv: Optional[int] = None  # ModelConfig.token_conv override (None: the preset's, 0 = off)
     save_every: float = 5.0
     smoke: bool = False
     progress: bool = True
@@ -365,10 +366,15 @@ def warm_start(net: MSATransformer, directory: str) -> None:
     from .model.checkpoint import load_checkpoint
 
     src, _ = load_checkpoint(net.cfg.name, Path(directory), device="cpu")
-    if src.cfg != net.cfg:
+    if src.cfg.replace(token_conv=net.cfg.token_conv) != net.cfg:
         raise ValueError(f"--init-from {directory}: its {net.cfg.name} config differs from this run's; "
                          f"start from scratch or use a matching checkpoint.")
-    net.load_state_dict({k: v.float() for k, v in src.state_dict().items()})
+    # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity,
+    # so the network computes what the checkpoint did
+    missing, unexpected = net.load_state_dict({k: v.float() for k, v in src.state_dict().items()}, strict=False)
+    if unexpected or any("token_conv" not in k for k in missing):
+        raise ValueError(f"--init-from {directory}: weights do not match this run's model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
 
 
 def warm_start_record(name: str, directory: str) -> dict:
@@ -459,9 +465,8 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
 
 # ---------------------------------------------------------------------------- main loop
 def build_model_config(tc: TrainConfig) -> ModelConfig:
-    if tc.smoke:
-        return small_config("msa", name="smoke-msa")
-    return model_config(tc.model)
+    cfg = small_config("msa", name="smoke-msa") if tc.smoke else model_config(tc.model)
+    return cfg.replace(token_conv=tc.token_conv) if tc.token_conv is not None else cfg
 
 
 def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
@@ -471,8 +476,9 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     cfg = build_model_config(tc)
     net = MSATransformer(cfg).to(device)
     net.backend = tc.backend
-    decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in net.named_parameters() if p.dim() < 2]
+    # TokenConv taps start at the identity: decaying them would pull the layer toward zero input
+    decay = [p for n, p in net.named_parameters() if p.dim() >= 2 and "token_conv" not in n]
+    no_decay = [p for n, p in net.named_parameters() if p.dim() < 2 or "token_conv" in n]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95),
                             fused=device.type == "cuda")
@@ -604,6 +610,9 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--answer-format", default=d.answer_format, choices=["keyed", "plain"],
                     help="NIAH training targets: '<key> is: <value>' (keyed) or the bare value (plain)")
     ap.add_argument("--tasks", default=d.tasks, help="name:weight,... (msa_lab.tasks names, or the training-only copy / synthetic_niah)")
+    ap.add_argument("--token-conv", type=int, default=None, metavar="WIDTH",
+                    help="causal convolution over the last WIDTH positions before each attention (0: off; "
+                         "see ModelConfig.token_conv); warm-starting from a checkpoint without it is allowed")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default=None)
     ap.add_argument("--backend", default=None, choices=["triton", "torch", "reference"],

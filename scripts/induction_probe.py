@@ -1,88 +1,116 @@
-"""CPU probe: does the backbone form a content-based copy (induction) mechanism, and from which data?
+"""CPU probe: how fast does a 2-layer model form an induction (content-based copy) mechanism?
 
-    python scripts/induction_probe.py HAYSTACK [STEPS] [LENGTH] [MODEL]
+    python scripts/induction_probe.py [--conv 2] [--seg 20,28] [--model msa|reference] [--steps 1000]
 
-HAYSTACK: "random" (printable random bytes) or "python" (stdlib source). Each sequence holds one random
-printable segment (12-40 bytes) twice, at random, non-overlapping positions, so no fixed offset solves it
-(unlike scripts/copy_task_probe.py). The loss is taken on the second occurrence's bytes after its first.
-Chance is ln 95 = 4.55 nats. MODEL: "small" (4 layers, d 128) or "tiny" (msa-tiny's backbone, dense
-mode). Every 50 steps it prints the held-out copy loss, split into near (gap < LENGTH/4) and far.
+Each sequence is LENGTH random symbols (VOCAB of them) in which a segment of SEG tokens appears twice,
+at random, non-overlapping positions. No fixed offset solves it, unlike scripts/copy_task_probe.py.
+The loss is on the second occurrence after its first token; chance is ln VOCAB.
+--model msa is this project's backbone (MSATransformer, dense mode, d 128, 2 layers) with
+ModelConfig.token_conv = --conv (0 = off). --model reference is a plain GPT-2-style block
+(LayerNorm, learned absolute positions, GELU MLP), the control for "is the backbone at fault?".
+Logs of the 2026-11-27 runs: data/train/probes/induction-2026-11-27/.
 """
+import argparse
+import math
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from msa_lab.model.config import model_config, small_config  # noqa: E402
+from msa_lab.model.config import small_config  # noqa: E402
 from msa_lab.model.net import MSATransformer  # noqa: E402
-from msa_lab.tasks.haystack import HaystackSource  # noqa: E402
 
-torch.set_num_threads(int(__import__("os").environ.get("PROBE_THREADS", "1")))
-hay = sys.argv[1]
-steps = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-L = int(sys.argv[3]) if len(sys.argv) > 3 else 256
-which = sys.argv[4] if len(sys.argv) > 4 else "small"
-if which == "tiny":
-    cfg = model_config("msa-tiny").replace(attention="dense", name="probe")
-else:
-    cfg = small_config("dense", name="probe", d_model=128, n_layers=4, d_ff=384, n_heads=4, n_kv_heads=2,
-                       head_dim=32, index_dim=16, block_size=64, top_k=8, rope_dims=16)
+ap = argparse.ArgumentParser()
+ap.add_argument("--vocab", type=int, default=16)
+ap.add_argument("--length", type=int, default=64)
+ap.add_argument("--batch", type=int, default=64)
+ap.add_argument("--lr", type=float, default=3e-3)
+ap.add_argument("--conv", type=int, default=0)
+ap.add_argument("--seg", default="6,12", help="min,max segment length")
+ap.add_argument("--model", default="msa", choices=["msa", "reference"])
+ap.add_argument("--steps", type=int, default=1000)
+a = ap.parse_args()
+seg_min, seg_max = (int(x) for x in a.seg.split(","))
+torch.set_num_threads(1)
 torch.manual_seed(0)
-net = MSATransformer(cfg)
-opt = torch.optim.AdamW(net.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-source = HaystackSource()
+D = 128
 
 
-def sequence(rng: random.Random):
-    seg = [rng.randrange(32, 127) for _ in range(rng.randint(12, 40))]
-    if hay == "random":
-        base = [rng.randrange(32, 127) for _ in range(L)]
-    else:
-        base = list(source.take(L, rng)[0])
-    a = rng.randrange(0, L - 2 * len(seg))
-    b = rng.randrange(a + len(seg), L - len(seg) + 1)
-    base[a:a + len(seg)] = seg
-    base[b:b + len(seg)] = seg
-    mask = [False] * L
-    for i in range(b + 1, b + len(seg)):
-        mask[i] = True
-    return base, mask, b - a
+class RefBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.n1, self.n2 = nn.LayerNorm(D), nn.LayerNorm(D)
+        self.qkv, self.o = nn.Linear(D, 3 * D), nn.Linear(D, D)
+        self.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
+
+    def forward(self, x):
+        B, N, _ = x.shape
+        q, k, v = self.qkv(self.n1(x)).view(B, N, 3, 4, D // 4).permute(2, 0, 3, 1, 4)
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, N, D))
+        return x + self.mlp(self.n2(x))
+
+
+class RefGPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(256, D), nn.Embedding(a.length, D)
+        self.blocks = nn.ModuleList([RefBlock(), RefBlock()])
+        self.norm, self.head = nn.LayerNorm(D), nn.Linear(D, 256)
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1]))
+        for b in self.blocks:
+            x = b(x)
+        return self.head(self.norm(x))
+
+
+if a.model == "reference":
+    net = RefGPT()
+    forward = net
+else:
+    net = MSATransformer(small_config("dense", name="probe", d_model=D, n_layers=2, d_ff=256, n_heads=4, n_kv_heads=4,
+                                      head_dim=32, index_dim=16, block_size=16, top_k=4, rope_dims=16,
+                                      token_conv=a.conv))
+    forward = lambda ids: net(ids, mode="train_dense")  # noqa: E731
+opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.0)
 
 
 def batch(n: int, seed: int):
     rng = random.Random(seed)
-    rows = [sequence(rng) for _ in range(n)]
-    ids = torch.tensor([r[0] for r in rows])
-    m = torch.tensor([r[1] for r in rows])
-    return ids, m, torch.tensor([r[2] for r in rows])
+    ids = torch.zeros(n, a.length, dtype=torch.long)
+    mask = torch.zeros(n, a.length, dtype=torch.bool)
+    for i in range(n):
+        seq = [rng.randrange(a.vocab) + 65 for _ in range(a.length)]
+        s = rng.randint(seg_min, seg_max)
+        x = rng.randrange(0, a.length - 2 * s)
+        y = rng.randrange(x + s, a.length - s + 1)
+        seq[y:y + s] = seq[x:x + s]
+        ids[i] = torch.tensor(seq)
+        mask[i, y + 1:y + s] = True
+    return ids, mask
 
 
-def copy_loss(ids, m):
-    logits = net(ids, mode="train_dense")
+def copy_loss(ids, mask):
+    logits = forward(ids)
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    return ce.view(ids.shape[0], -1), m[:, 1:]
+    m = mask[:, 1:]
+    return (ce.view(ids.shape[0], -1) * m).sum() / m.sum()
 
 
-ev_ids, ev_m, ev_gap = batch(64, 10**6)
+ev = batch(256, 10**6)
+print(f"{a.model} conv={a.conv} vocab={a.vocab} L={a.length} seg={a.seg} batch={a.batch} lr={a.lr}; "
+      f"chance {math.log(a.vocab):.3f}", flush=True)
 t0 = time.time()
-for step in range(steps):
-    ids, m, _ = batch(16, step)
-    ce, mm = copy_loss(ids, m)
-    loss = (ce * mm).sum() / mm.sum()
-    for g in opt.param_groups:
-        g["lr"] = 1e-3 * min(1.0, (step + 1) / 50)
+for step in range(a.steps):
+    loss = copy_loss(*batch(a.batch, step))
     opt.zero_grad()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
     opt.step()
     if (step + 1) % 50 == 0:
         with torch.no_grad():
-            ce, mm = copy_loss(ev_ids, ev_m)
-        per = (ce * mm).sum(1) / mm.sum(1)
-        near = ev_gap < L // 4
-        print(f"{hay} {which} L={L} step {step + 1} copy loss {per.mean():.3f} "
-              f"(near {per[near].mean():.3f}, far {per[~near].mean():.3f}) t {time.time() - t0:.0f}s", flush=True)
+            print(step + 1, round(copy_loss(*ev).item(), 3), f"{time.time() - t0:.0f}s", flush=True)

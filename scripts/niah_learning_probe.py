@@ -5,7 +5,7 @@
 RECIPE is a name whose parts switch things on: "prope" partial RoPE, "copy"/"copy2" random-string copy
 batches (1 in 4 / 2 in 4), "mq" 2-needle multi-query batches, "pw1" full prompt loss, "prefix" an
 answer prefix in the prompt, "anskey" keyed answers ("<key> is: <value>"), "synth" synthetic-filler
-haystacks (training only), "mqkN" N-needle multi-query batches. Every 50 steps it prints the eval answer
+haystacks (training only), "mqkN" N-needle multi-query batches, "conv" ModelConfig.token_conv=4. Every 50 steps it prints the eval answer
 loss and teacher-forced exact match on 64 held-out real-haystack single-needle examples (and, with the
 synthetic eval, on synthetic filler). Logs of the 2026-11-27 runs: data/train/probes/.
 """
@@ -22,10 +22,13 @@ recipe = sys.argv[1]
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 400
 L = int(sys.argv[3]) if len(sys.argv) > 3 else 384
 cfg = small_config("dense", name="exp", d_model=128, n_layers=4, d_ff=384, n_heads=4, n_kv_heads=2, head_dim=32,
-                   index_dim=16, block_size=64, top_k=8, rope_dims=16 if "prope" in recipe else 32)
+                   index_dim=16, block_size=64, top_k=8, rope_dims=16 if "prope" in recipe else 32,
+                   token_conv=4 if "conv" in recipe else 0)
 torch.manual_seed(0)
 net = MSATransformer(cfg)
-opt = torch.optim.AdamW(net.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1)
+opt = torch.optim.AdamW([{"params": [p for n, p in net.named_parameters() if "token_conv" not in n]},
+                         {"params": [p for n, p in net.named_parameters() if "token_conv" in n], "weight_decay": 0.0}],
+                        lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1)
 
 def niah_batch(n, seed, task="niah_single", synth=False, **kw):
     exs = list(iter_task(task, n, seed, length=L, split="train", synthetic_filler=synth, **kw))
@@ -94,9 +97,13 @@ for step in range(steps):
             _, elm, lg = loss_of(ev_ids, ev_am, 0)
             a = ev_am[:, 1:]; pred = lg[:, :-1].argmax(-1)
             ok = ((pred == ev_ids[:, 1:]) | ~a).all(-1).float().mean().item()
+            tgt = ev_ids[:, 1:]; dig = a & (tgt >= 48) & (tgt <= 57)  # the needle's digits: retrieval only
+            dce = F.cross_entropy(lg[:, :-1].reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none")
+            digit_loss = dce.view_as(tgt)[dig].mean().item()
             _, elm2, lg2 = loss_of(ev2[0], ev2[1], 0)
             a2 = ev2[1][:, 1:]; ok2 = ((lg2[:, :-1].argmax(-1) == ev2[0][:, 1:]) | ~a2).all(-1).float().mean().item()
             print(f"   synthetic-filler eval: loss {elm2.item():.3f} exact {ok2:.2f}", flush=True)
         hist.append((step + 1, round(elm.item(), 3), round(ok, 3)))
-        print(recipe, step + 1, f"eval answer loss {elm.item():.3f} exact {ok:.2f} t {time.time()-t0:.0f}s", flush=True)
+        print(recipe, step + 1, f"eval answer loss {elm.item():.3f} digit loss {digit_loss:.3f} exact {ok:.2f} "
+              f"t {time.time()-t0:.0f}s", flush=True)
 print(json.dumps(hist))

@@ -30,6 +30,7 @@ class LayerCache:
         self.v = torch.empty_like(self.k)
         self.ik = (torch.empty(batch, cfg.index_key_heads, capacity, cfg.index_dim, device=device, dtype=dtype)
                    if cfg.sparse else None)
+        self.conv_tail: Optional[torch.Tensor] = None  # [B, token_conv - 1, d]: the last inputs of TokenConv
 
     @property
     def capacity(self) -> int:

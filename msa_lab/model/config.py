@@ -49,6 +49,12 @@ class ModelConfig:
     rope_base: float = 10_000.0
     rope_dims: int = 16  # rotated dims per head (half of head_dim 32); the rest are NoPE (see net.py)
     pose_max_position: int = 1_200_000  # training jumps positions up to this, so 1M distances are seen
+    # --- token mixing before attention (0 = off, the shipped checkpoints) ---
+    # causal depthwise convolutions (width token_conv) on the inputs of q, k, v (and iq, ik), separate
+    # taps per path: a key can carry the bytes before it while its value carries its own byte, so one
+    # attention layer can match a context and copy what follows it (induction), and a byte-level model
+    # can match a multi-byte context such as the needle's "key is: " (see layers.TokenConv)
+    token_conv: int = 0
     # --- images ---
     image_size: int = 64  # every image is converted to RGB and resized to image_size x image_size
     patch_size: int = 8
@@ -67,6 +73,9 @@ class ModelConfig:
                 or self.rope_dims > self.head_dim:
             raise ValueError(f"ModelConfig.rope_dims={self.rope_dims!r} must be an even int in [0, head_dim="
                              f"{self.head_dim}] (0 = no rotary positions).")
+        if not isinstance(self.token_conv, int) or isinstance(self.token_conv, bool) or not 0 <= self.token_conv <= 16 \
+                or self.token_conv == 1:
+            raise ValueError(f"ModelConfig.token_conv={self.token_conv!r} must be 0 (off) or a width in 2..16.")
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig.head_dim={self.head_dim} must be even (RoPE rotates pairs of dims).")
         if self.image_size % self.patch_size:

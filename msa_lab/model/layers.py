@@ -118,6 +118,43 @@ def masked_sparse_attention(q, k, v, idx, cfg, scale: float) -> torch.Tensor:
     return o.reshape(B, Hq, N, D)
 
 
+class TokenConv(nn.Module):
+    """Causal depthwise convolutions over the last ``width`` positions, one per attention input path:
+    y[p]_t = sum_j w[p, j] * x_{t-j} for p in (q, k, v[, iq, ik]).
+
+    Separate taps per path are the point (as in Primer's depthwise-convolved Q/K/V): with k's taps on
+    x_{t-1} and q's and v's on x_t, a single attention layer matches "the byte before p" against "the
+    byte at t" and copies x_p, which is induction without a previous-token head in an earlier layer.
+    Initialised to the identity (w[:, 0] = 1, the rest 0), so it starts as a no-op and a checkpoint
+    trained without it can be warm-started. In chunked prefill and decode the previous chunk's last
+    width - 1 inputs come from the layer cache (``conv_tail``), so chunked and full forwards agree.
+    """
+
+    def __init__(self, d: int, width: int, paths: int):
+        super().__init__()
+        self.width = width
+        self.weight = nn.Parameter(torch.zeros(paths, width, d))  # [path, j, d]: tap j reads x_{t-j}
+        self.reset_identity()
+
+    def reset_identity(self) -> None:
+        with torch.no_grad():
+            self.weight.zero_()
+            self.weight[:, 0] = 1.0
+
+    def forward(self, x: torch.Tensor, tail: Optional[torch.Tensor] = None, paths: slice = slice(None)):
+        """x [B, N, d], tail [B, width - 1, d] or None (zeros) -> (y [paths, B, N, d], new tail)."""
+        B, N, d = x.shape
+        w = self.width
+        if tail is None:
+            tail = x.new_zeros(B, w - 1, d)
+        ext = torch.cat([tail.to(x.dtype), x], dim=1)  # [B, w - 1 + N, d]
+        taps = self.weight[paths].to(x.dtype)
+        y = x[None] * taps[:, 0, None, None]
+        for j in range(1, w):
+            y = y + ext[None, :, w - 1 - j: w - 1 - j + N] * taps[:, j, None, None]
+        return y, ext[:, -(w - 1):]
+
+
 class Attention(nn.Module):
     """GQA attention with RoPE; MSA adds an index branch (Hkv index-query heads, Hik shared index keys, NoPE)."""
 
@@ -130,6 +167,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(d, Hkv * D, bias=False)
         self.wv = nn.Linear(d, Hkv * D, bias=False)
         self.wo = nn.Linear(Hq * D, d, bias=False)
+        self.token_conv = TokenConv(d, cfg.token_conv, 5 if cfg.sparse else 3) if cfg.token_conv else None
         if cfg.sparse:
             self.wiq = nn.Linear(d, Hkv * cfg.index_dim, bias=False)
             self.wik = nn.Linear(d, cfg.index_key_heads * cfg.index_dim, bias=False)
@@ -143,14 +181,25 @@ class Attention(nn.Module):
                 backend: Optional[str] = None) -> torch.Tensor:
         """x [B, N, d] (already normed) -> [B, N, d]. cache: a LayerCache the new keys are appended to."""
         cfg = self.cfg
-        q = apply_rope(self._heads(self.wq(x), cfg.n_heads), cos, sin)  # [B, Hq, N, D]
-        k = apply_rope(self._heads(self.wk(x), cfg.n_kv_heads), cos, sin)  # [B, Hkv, N, D]
-        v = self._heads(self.wv(x), cfg.n_kv_heads)
+        # the indexer never sends gradient into the trunk: its inputs are detached in training (its own
+        # convolution taps still learn from the KL loss)
+        xi = x.detach() if mode != "ops" else x
+        xq = xk = xv = x
+        xiq = xik = xi
+        if self.token_conv is not None:
+            tail = None if cache is None else cache.conv_tail
+            (xq, xk, xv), new_tail = self.token_conv(x, tail, slice(0, 3))
+            if cfg.sparse:
+                (xiq, xik), _ = self.token_conv(xi, tail, slice(3, 5))
+            if cache is not None:
+                cache.conv_tail = new_tail
+        q = apply_rope(self._heads(self.wq(xq), cfg.n_heads), cos, sin)  # [B, Hq, N, D]
+        k = apply_rope(self._heads(self.wk(xk), cfg.n_kv_heads), cos, sin)  # [B, Hkv, N, D]
+        v = self._heads(self.wv(xv), cfg.n_kv_heads)
         iq = ik = None
         if cfg.sparse:
-            xi = x.detach() if mode != "ops" else x  # the indexer never sends gradient into the trunk
-            iq = self._heads(self.wiq(xi), cfg.n_kv_heads)  # [B, Hkv, N, Di], NoPE
-            ik = self._heads(self.wik(xi), cfg.index_key_heads)  # [B, Hik, N, Di], NoPE
+            iq = self._heads(self.wiq(xiq), cfg.n_kv_heads)  # [B, Hkv, N, Di], NoPE
+            ik = self._heads(self.wik(xik), cfg.index_key_heads)  # [B, Hik, N, Di], NoPE
         if cache is not None:
             k, v, ik = cache.append(k, v, ik)  # now the whole prefix: [B, Hkv, Nk, D]
         scale = self.msa.softmax_scale()

@@ -56,6 +56,11 @@ class MSATransformer(nn.Module):
             if p.dim() == 1:
                 nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
                 continue
+            if name.endswith("token_conv.weight"):  # the identity (see layers.TokenConv)
+                with torch.no_grad():
+                    p.zero_()
+                    p[:, 0] = 1.0
+                continue
             std = out_std if name.endswith(("wo.weight", "w_down.weight")) else 0.02
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=gen) * std)

@@ -19,6 +19,14 @@ def _net(attention="msa", seed=0, **kw):
     return net.eval()
 
 
+def _conv_net(attention, width=4):
+    net = _net(attention, token_conv=width)
+    with torch.no_grad():  # away from the identity init, so the test sees the convolution work
+        for layer in net.layers:
+            layer.attn.token_conv.weight.copy_(torch.randn(layer.attn.token_conv.weight.shape) * 0.5)
+    return net
+
+
 def _enc(n, seed=0, patch_dim=192):
     """n distinct byte ids. Distinct on purpose: at layer 0 the NoPE index keys of equal tokens are equal, so
     repeated tokens make exactly tied block scores, and the core ops break ties differently for different
@@ -88,8 +96,9 @@ def test_chunked_prefill_with_images_equals_full_forward(attention):
 
 
 @pytest.mark.parametrize("attention", ["msa", "dense"])
-def test_decode_equals_full_forward(attention):
-    net = _net(attention)
+@pytest.mark.parametrize("conv", [0, 4])  # with TokenConv the left context crosses chunks through conv_tail
+def test_decode_equals_full_forward(attention, conv):
+    net = _conv_net(attention, conv) if conv else _net(attention)
     enc = _enc(90, seed=2)
     with torch.no_grad():
         full = net(enc.ids[None])[0]
@@ -192,3 +201,27 @@ def test_index_scores_ignore_positions():
         pos[40:] += 700_000
         net(ids, positions=pos, record=lambda layer, idx=None, **_: sel_b.append(idx) if layer == 0 else None)
     assert torch.equal(sel_a[0].sort(-1).values, sel_b[0].sort(-1).values)
+
+
+def test_token_conv_starts_as_the_identity_and_mixes_only_the_past():
+    plain, conv = _net("msa"), _net("msa", token_conv=4)
+    enc = _enc(64, seed=4)
+    state = {k: v for k, v in conv.state_dict().items() if "token_conv" not in k}
+    assert set(state) == set(plain.state_dict())
+    plain.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(enc.ids[None]), plain(enc.ids[None]))  # identity init: same network
+    net = _conv_net("dense")
+    ids = enc.ids[None].clone()
+    with torch.no_grad():
+        before = net(ids)[0]
+        ids[0, 40] = (ids[0, 40] + 1) % 256
+        after = net(ids)[0]
+    assert torch.equal(before[:40], after[:40])  # causal: no position sees a later token
+    assert not torch.allclose(before[40:44], after[40:44])
+
+
+@pytest.mark.parametrize("width", [1, -2, 17, True, 2.0])
+def test_token_conv_width_is_checked(width):
+    with pytest.raises(ValueError, match="token_conv"):
+        small_config("msa", token_conv=width)

@@ -38,17 +38,38 @@ def _grads(net, loss):
     return idx, main
 
 
+def _kl_and_lm(net, mode):
+    """The indexer's KL loss and the LM loss of one training forward on random ids."""
+    ids = torch.randint(0, 256, (2, 64))
+    aux = {"kl_slots": torch.arange(20, 64)}
+    logits = net(ids, mode=mode, aux=aux)
+    return torch.stack(aux["kl"]).mean(), torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+
+
 def test_kl_trains_only_the_indexer_and_lm_loss_only_the_main_branch():
     torch.manual_seed(0)
     net = MSATransformer(small_config())
     net.backend = "torch"
-    ids = torch.randint(0, 256, (2, 64))
     for mode in ("train_dense", "train_sparse"):
-        aux = {"kl_slots": torch.arange(20, 64)}
-        logits = net(ids, mode=mode, aux=aux)
-        kl = torch.stack(aux["kl"]).mean()
-        lm = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:])
+        kl, lm = _kl_and_lm(net, mode)
         idx_kl, main_kl = _grads(net, kl)
         assert main_kl == set() and len(idx_kl) == 2 * net.cfg.n_layers  # wiq, wik of every layer
         idx_lm, main_lm = _grads(net, lm)
         assert idx_lm == set() and "embed.weight" in main_lm
+
+
+def test_token_conv_taps_learn_from_their_own_branch_only():
+    """With TokenConv, the KL loss reaches the index paths' taps (and wiq, wik) but not the main paths'
+    taps, and the LM loss the reverse: the indexer still sends no gradient into the trunk."""
+    torch.manual_seed(0)
+    net = MSATransformer(small_config(token_conv=3))
+    net.backend = "torch"
+    for mode in ("train_dense", "train_sparse"):
+        kl, lm = _kl_and_lm(net, mode)
+        for loss, paths_with, paths_without in ((kl, [3, 4], [0, 1, 2]), (lm, [0, 1, 2], [3, 4])):
+            net.zero_grad(set_to_none=True)
+            loss.backward(retain_graph=True)
+            for layer in net.layers:
+                g = layer.attn.token_conv.weight.grad
+                assert g is not None and g[paths_without].abs().sum() == 0
+                assert all(g[p].abs().sum() > 0 for p in paths_with), (mode, loss is kl, layer.attn.layer)

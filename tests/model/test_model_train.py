@@ -149,3 +149,27 @@ def test_digit_loss_is_the_loss_on_answer_digits_only():
     no_digits = T.make_batch([{**exs[0], "answer": "ab"}], cfg, "niah_plain", 64, answer_format="plain")
     assert T.compute_loss(net, no_digits, torch.arange(no_digits.ids.shape[1]), "train_dense", tc,
                           random.Random(0), "cpu")["digit_loss"] is None
+
+
+def test_token_conv_warm_starts_from_a_checkpoint_without_it(tmp_path):
+    """--token-conv on a checkpoint trained without it: the old weights load, the taps start at the
+    identity, and the first step's loss equals the checkpoint's (the network is unchanged)."""
+    torch.set_num_threads(1)
+    assert T.main(_args(tmp_path, "--steps", "2")) == 0
+    ck = tmp_path / "ck"
+    base = _log(tmp_path)
+    for args, name in [(("--steps", "1", "--init-from", str(ck)), "plain"),
+                       (("--steps", "1", "--init-from", str(ck), "--token-conv", "4"), "conv")]:
+        out = tmp_path / name
+        assert T.main(["--smoke", "--no-progress", "--out-dir", str(out / "ck"), "--log-dir", str(out / "log"),
+                       *args]) == 0
+        first = json.loads((out / "log" / "smoke-msa" / "log.jsonl").read_text().splitlines()[0])
+        if name == "plain":
+            ref = first["lm_loss"]
+        else:
+            assert first["lm_loss"] == pytest.approx(ref, rel=1e-5)
+            net, meta = load_checkpoint("smoke-msa", out / "ck")
+            assert net.cfg.token_conv == 4 and meta["config"]["token_conv"] == 4
+    assert len(base) == 2
+    other = T.TrainConfig(smoke=True, token_conv=3)
+    assert T.build_model_config(other).token_conv == 3
