@@ -24,8 +24,8 @@ Recipe
     end: data/train/<model>/resume.safetensors (fp32 weights + AdamW state) + resume.json (step,
     seconds, history). --resume continues from them. The final model goes to
     data/checkpoints/<model>.safetensors/.json (fp16, sha256) and the model card README.md there.
-  * Training-only tasks: "copy" (random strings in a haystack, repeated from a 4-character cue;
-    msa_lab.model.synthetic.iter_copy) and "synthetic_niah".
+  * Training-only tasks: "copy" / "copy_random" (random strings in a stdlib / random-ASCII haystack,
+    repeated from a 4-character cue; msa_lab.model.synthetic.iter_copy) and "synthetic_niah".
   * Logs: data/train/<model>/log.jsonl, one line per step (loss, lm_loss, kl, lr, seq_len, tokens/s,
     digit_loss: the loss on the answer's digits, which in NIAH only retrieval can predict; ln 10 = 2.30
     means none).
@@ -56,8 +56,9 @@ from .model.tokens import PAD, encode_example
 from .model.vision import prepare_image
 
 TEXT_TASKS = ("niah_single", "niah_multi_key", "niah_multi_value", "niah_multi_query", "variable_tracking",
-              "synthetic_niah", "copy")
-TRAIN_ONLY_TASKS = ("synthetic_niah", "copy")  # built here (msa_lab.model.synthetic), not eval datasets
+              "synthetic_niah", "copy", "copy_random")
+# built here (msa_lab.model.synthetic), not eval datasets; copy_random is copy in random-ASCII haystacks
+TRAIN_ONLY_TASKS = ("synthetic_niah", "copy", "copy_random")
 DEFAULT_TASKS = ("niah_single:3,niah_multi_key:1,niah_multi_value:1,niah_multi_query:1,variable_tracking:1,"
                  "image_qa:2,gui:2,video:1")
 
@@ -142,8 +143,9 @@ class TaskSource:
 
         if task == "synthetic_niah":
             return list(iter_synthetic_niah(n, seed, length=seq_len))
-        if task == "copy":
-            return list(iter_copy(n, seed, length=seq_len, num_strings=needles_for(seq_len, seed)))
+        if task in ("copy", "copy_random"):
+            return list(iter_copy(n, seed, length=seq_len, num_strings=needles_for(seq_len, seed),
+                                  haystack="random" if task == "copy_random" else "stdlib"))
         opts: dict = {}
         if task in TEXT_TASKS:
             opts = {"length": seq_len, "split": "train"}

@@ -44,19 +44,26 @@ def iter_synthetic_niah(n: int, seed: int, *, length: int = 512, depth: float | 
 _COPY_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 
-def iter_copy(n: int, seed: int, *, length: int = 1024, num_strings: int = 4, cue: int = 4) -> Iterator[dict]:
+def iter_copy(n: int, seed: int, *, length: int = 1024, num_strings: int = 4, cue: int = 4,
+              haystack: str = "stdlib") -> Iterator[dict]:
     """n training examples that teach copying from far back: ``num_strings`` random strings (12-40 of
-    a-z0-9) on their own lines in a stdlib-source haystack, then a question naming each string's first
-    ``cue`` characters; the answer repeats the strings in order, comma separated.
+    a-z0-9) on their own lines in a haystack, then a question naming each string's first ``cue``
+    characters; the answer repeats the strings in order, comma separated. The prompt is ``length``
+    model tokens.
 
-    Why: NIAH answers need an induction mechanism (match the bytes before, copy the byte after). The
-    trained models never formed one from NIAH alone (their digit loss stayed at ln 10 over 1,500 steps),
-    while the same backbone learns copying in ~150 steps from copy data (scripts/copy_task_probe.py).
-    The random cue is the key; the rest of the string is the value, so this is NIAH with nothing to
-    memorise and many answer bytes per token.
+    haystack: "stdlib" (Python source, as NIAH uses) or "random" (random printable ASCII). In random
+    text a 1-byte match already narrows the copy source to a few places, which gives the gradient
+    toward an induction mechanism a foothold; in source code a-z0-9 bytes are everywhere.
+
+    Why: NIAH answers need an induction mechanism (match the bytes before, copy the byte after), and
+    the trained models never formed one from NIAH alone (their digit loss stayed at ln 10 over 1,500
+    steps). The cue is the key and the rest of the string the value, so this is NIAH with nothing to
+    memorise and many answer bytes per token. Whether it is enough: data/train/probes/.
     """
     from ..tasks.haystack import HaystackSource, build_context
 
+    if haystack not in ("stdlib", "random"):
+        raise ValueError(f"haystack must be 'stdlib' or 'random', got {haystack!r}")
     source = HaystackSource()
     for i in range(n):
         rng = random.Random(f"msa-lab/copy/{seed}/{i}")
@@ -66,7 +73,27 @@ def iter_copy(n: int, seed: int, *, length: int = 1024, num_strings: int = 4, cu
         order = [s for _, s in inserts]
         question = ("Repeat each line that starts with " + ", ".join(s[:cue] for s in order[:-1])
                     + (" and " if len(order) > 1 else "") + order[-1][:cue] + ", in that order.")
-        prompt, _, _ = build_context(source, rng, length, inserts, question)
-        meta = {"length": length, "num_strings": num_strings, "cue": cue}
+        if haystack == "stdlib":
+            prompt, _, _ = build_context(source, rng, length, inserts, question)
+        else:
+            prompt = _random_context(rng, length, sorted(inserts), question)
+        meta = {"length": length, "num_strings": num_strings, "cue": cue, "haystack": haystack}
         yield {"id": f"copy-s{seed}-{i:06d}", "task": "copy", "prompt": prompt, "images": [],
                "answer": ", ".join(order), "meta": json.dumps(meta)}
+
+
+def _random_context(rng: random.Random, length: int, inserts, question: str) -> str:
+    """Random printable ASCII with each insert on its own line at its depth, then the question: exactly
+    ``length`` model tokens (bytes + BOS + SEP)."""
+    lines = sum(len(t) + 2 for _, t in inserts)  # each insert as "\n<text>\n"
+    budget = length - PROMPT_SPECIALS - len(question) - 1 - lines
+    if budget < 0:
+        raise ValueError(f"length={length} tokens is too small for {len(inserts)} strings and the question; "
+                         f"use length >= {length - budget}.")
+    hay = "".join(chr(rng.randrange(32, 127)) for _ in range(budget))
+    out, at = [], 0
+    for depth, text in inserts:  # ascending depth
+        cut = max(at, int(depth * budget))
+        out += [hay[at:cut], "\n", text, "\n"]
+        at = cut
+    return "".join(out) + hay[at:] + "\n" + question

@@ -107,14 +107,20 @@ def test_unknown_task_names_are_refused():
         T.TaskSource({"niah_singel": 1.0})
 
 
-def test_copy_task_examples_and_batches():
+@pytest.mark.parametrize("haystack", ["stdlib", "random"])
+def test_copy_task_examples_and_batches(haystack):
     """The copy task: each string ends a line of the haystack (build_context snaps inserts to a line
     start where one is near), the question names its first 4 characters, and the answer repeats the
     strings in the question's order."""
     from msa_lab.model.synthetic import iter_copy
 
-    exs = list(iter_copy(3, 7, length=1024, num_strings=5))
-    assert exs == list(iter_copy(3, 7, length=1024, num_strings=5))  # deterministic in (seed, index)
+    exs = list(iter_copy(3, 7, length=1024, num_strings=5, haystack=haystack))
+    assert exs == list(iter_copy(3, 7, length=1024, num_strings=5, haystack=haystack))  # deterministic
+    from msa_lab.model.tokens import encode_example
+
+    for ex in exs:  # the prompt is exactly `length` model tokens (BOS + bytes + SEP)
+        enc, answer = encode_example(ex["prompt"], [], ex["answer"], image_size=64, patch_size=8)
+        assert len(enc.ids) - int(answer.sum()) == 1024
     for ex in exs:
         strings = ex["answer"].split(", ")
         assert len(strings) == 5 and len(set(strings)) == 5
@@ -123,14 +129,17 @@ def test_copy_task_examples_and_batches():
             assert 12 <= len(s) <= 40 and f"{s}\n" in body
             assert s[:4] in question
         assert [question.index(s[:4]) for s in strings] == sorted(question.index(s[:4]) for s in strings)
-    source = T.TaskSource({"copy": 1.0})
-    exs = source.examples("copy", 2, 1, 1024)
-    batch = T.make_batch(exs, small_config("msa"), "copy", 64)
+    task = "copy" if haystack == "stdlib" else "copy_random"
+    source = T.TaskSource({task: 1.0})
+    exs = source.examples(task, 2, 1, 1024)
+    batch = T.make_batch(exs, small_config("msa"), task, 64)
     longest = max(1024 + len(ex["answer"]) + 1 for ex in exs)  # prompt tokens + answer bytes + EOS
     assert batch.ids.shape[1] == -(-longest // 64) * 64
     assert [int(m.sum()) for m in batch.answer_mask] == [len(ex["answer"]) + 1 for ex in exs]
     with pytest.raises(ValueError, match="too small"):
-        list(iter_copy(1, 0, length=200, num_strings=8))
+        list(iter_copy(1, 0, length=200, num_strings=8, haystack=haystack))
+    with pytest.raises(ValueError, match="haystack must be"):
+        list(iter_copy(1, 0, haystack="code"))
 
 
 def test_digit_loss_is_the_loss_on_answer_digits_only():
