@@ -611,7 +611,8 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--prompt-loss-weight", type=float, default=d.prompt_loss_weight)
     ap.add_argument("--answer-format", default=d.answer_format, choices=["keyed", "plain"],
                     help="NIAH training targets: '<key> is: <value>' (keyed) or the bare value (plain)")
-    ap.add_argument("--tasks", default=d.tasks, help="name:weight,... (msa_lab.tasks names, or the training-only copy / synthetic_niah)")
+    ap.add_argument("--tasks", default=d.tasks,
+                    help="name:weight,... (msa_lab.tasks names, or the training-only " + ", ".join(TRAIN_ONLY_TASKS) + ")")
     ap.add_argument("--token-conv", type=int, default=None, metavar="WIDTH",
                     help="causal convolution over the last WIDTH positions before each attention (0: off; "
                          "see ModelConfig.token_conv); warm-starting from a checkpoint without it is allowed")

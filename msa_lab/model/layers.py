@@ -188,9 +188,15 @@ class Attention(nn.Module):
         xiq = xik = xi
         if self.token_conv is not None:
             tail = None if cache is None else cache.conv_tail
-            (xq, xk, xv), new_tail = self.token_conv(x, tail, slice(0, 3))
+            if xi is x:  # inference: one pass over all paths
+                mixed, new_tail = self.token_conv(x, tail)
+            else:  # training: the index paths convolve the detached input
+                mixed, new_tail = self.token_conv(x, tail, slice(0, 3))
+                if cfg.sparse:
+                    mixed = torch.cat([mixed, self.token_conv(xi, tail, slice(3, 5))[0]])
+            xq, xk, xv = mixed[0], mixed[1], mixed[2]
             if cfg.sparse:
-                (xiq, xik), _ = self.token_conv(xi, tail, slice(3, 5))
+                xiq, xik = mixed[3], mixed[4]
             if cache is not None:
                 cache.conv_tail = new_tail
         q = apply_rope(self._heads(self.wq(xq), cfg.n_heads), cos, sin)  # [B, Hq, N, D]

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
-from .layers import Block, RMSNorm, rope_tables
+from .layers import Block, RMSNorm, TokenConv, rope_tables
 from .tokens import IMG_PATCH
 
 
@@ -56,14 +56,14 @@ class MSATransformer(nn.Module):
             if p.dim() == 1:
                 nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
                 continue
-            if name.endswith("token_conv.weight"):  # the identity (see layers.TokenConv)
-                with torch.no_grad():
-                    p.zero_()
-                    p[:, 0] = 1.0
-                continue
+            if name.endswith("token_conv.weight"):
+                continue  # TokenConv.reset_identity below
             std = out_std if name.endswith(("wo.weight", "w_down.weight")) else 0.02
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
+        for m in self.modules():
+            if isinstance(m, TokenConv):
+                m.reset_identity()
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

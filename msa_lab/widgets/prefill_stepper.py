@@ -157,8 +157,9 @@ class PrefillStepper(FigureExport):
     ``redraw_seconds`` is the wall time spent redrawing (the redraw-overhead target compares it with
     the prefill time). While running, redraws come at most every ``redraw_every_s`` seconds, and less
     often when one redraw costs more than ``redraw_budget`` (2%) of that interval; with
-    ``redraw_every_chunks`` also every that many chunks (not throttled). ``torch_threads``: CPU threads during the model's work (None: torch's setting;
-    1 is several times faster on a busy 2-core machine, where OpenMP hand-offs cost more than they save).
+    ``redraw_every_chunks`` also every that many chunks (not throttled). ``torch_threads``: CPU threads
+    during the model's work (None: torch's setting; 1 is several times faster on a busy 2-core machine,
+    where OpenMP hand-offs cost more than they save).
     """
 
     def __init__(self, model, target_length: Optional[int] = None, chunk_size: Optional[int] = None, *,
