@@ -164,6 +164,52 @@ def position_probe(model: Model, distances: Iterable[int] = (0, 1_000, 10_000, 1
     return pd.DataFrame(rows)
 
 
+def _copied_mask(answer: str, cue: int) -> List[bool]:
+    """Per answer byte (+ EOS): True past each string's cue, where only a copy from the source line helps."""
+    out: List[bool] = []
+    for j, s in enumerate(answer.split(", ")):
+        out += [False, False] if j else []  # the ", " separator
+        out += [i >= cue for i in range(len(s))]
+    return out + [False]  # EOS
+
+
+@torch.no_grad()
+def copy_scores(model: Model, task: str = "copy_lines", length: int = 1024, n: int = 4, seed: int = 777,
+                mode: str = "msa") -> dict:
+    """Teacher-forced copy check (one forward per example, no generation): greedy next-byte accuracy
+    and loss on the answer, and on the "copied" bytes alone (past each string's 4-byte cue).
+
+    task: "copy_lines" | "copy_random" | "copy" (msa_lab.model.synthetic.iter_copy with no haystack, a
+    random-ASCII one or a stdlib one). mode: "msa" (the model's attention through the public ops) or
+    "dense" (every key; msa-tiny's training warm-up). Chance on a copied byte: accuracy 1/36, ln 36 nats.
+    """
+    import torch.nn.functional as F
+
+    from .model.synthetic import iter_copy
+
+    hay = {"copy_lines": "none", "copy_random": "random", "copy": "stdlib"}
+    if task not in hay:
+        raise ValueError(f"task must be one of {sorted(hay)}, got {task!r}")
+    if mode not in ("msa", "dense"):
+        raise ValueError(f"mode must be 'msa' or 'dense', got {mode!r}")
+    cfg, net = model.config, model.net
+    rows = []
+    for ex in iter_copy(n, seed, length=length, num_strings=4, haystack=hay[task]):
+        enc, amask = encode_example(ex["prompt"], [], ex["answer"], image_size=cfg.image_size,
+                                    patch_size=cfg.patch_size)
+        ids = enc.ids[None].to(model.device)
+        logits = net(ids, mode="train_dense" if mode == "dense" else "ops")[0, :-1].float().cpu()
+        tgt, m = enc.ids[1:], amask[1:]
+        ce = F.cross_entropy(logits, tgt, reduction="none")
+        hit = (logits.argmax(-1) == tgt).float()
+        cm = torch.zeros_like(m)
+        cm[m.nonzero()[:, 0]] = torch.tensor(_copied_mask(ex["answer"], 4))
+        rows.append((hit[m].mean(), ce[m].mean(), hit[cm].mean(), ce[cm].mean()))
+    acc, loss, cacc, closs = (round(float(torch.stack(c).mean()), 4) for c in zip(*rows))
+    return {"task": task, "length": length, "mode": mode, "n": n, "acc": acc, "loss": loss, "copied_acc": cacc,
+            "copied_loss": closs}
+
+
 def _needle_end(ex: dict, meta: dict, n_tokens: int) -> int:
     """Token index just after the (first) needle: the jump goes between needle and question."""
     spans = meta.get("needles") or meta.get("spans") or []

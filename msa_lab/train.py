@@ -25,7 +25,8 @@ Recipe
     seconds, history). --resume continues from them. The final model goes to
     data/checkpoints/<model>.safetensors/.json (fp16, sha256) and the model card README.md there.
   * Training-only tasks: "copy" / "copy_random" (random strings in a stdlib / random-ASCII haystack,
-    repeated from a 4-character cue; msa_lab.model.synthetic.iter_copy) and "synthetic_niah".
+    repeated from a 4-character cue; msa_lab.model.synthetic.iter_copy), "copy_lines" (the same with
+    no haystack: about half of all tokens are copy targets) and "synthetic_niah".
   * Logs: data/train/<model>/log.jsonl, one line per step (loss, lm_loss, kl, lr, seq_len, tokens/s,
     digit_loss: the loss on the answer's digits, which in NIAH only retrieval can predict; ln 10 = 2.30
     means none).
@@ -56,9 +57,9 @@ from .model.tokens import PAD, encode_example
 from .model.vision import prepare_image
 
 TEXT_TASKS = ("niah_single", "niah_multi_key", "niah_multi_value", "niah_multi_query", "variable_tracking",
-              "synthetic_niah", "copy", "copy_random")
+              "synthetic_niah", "copy", "copy_random", "copy_lines")
 # built here (msa_lab.model.synthetic), not eval datasets; copy_random is copy in random-ASCII haystacks
-TRAIN_ONLY_TASKS = ("synthetic_niah", "copy", "copy_random")
+TRAIN_ONLY_TASKS = ("synthetic_niah", "copy", "copy_random", "copy_lines")
 DEFAULT_TASKS = ("niah_single:3,niah_multi_key:1,niah_multi_value:1,niah_multi_query:1,variable_tracking:1,"
                  "image_qa:2,gui:2,video:1")
 
@@ -143,15 +144,19 @@ class TaskSource:
 
         if task == "synthetic_niah":
             return list(iter_synthetic_niah(n, seed, length=seq_len))
-        if task in ("copy", "copy_random"):
-            return list(iter_copy(n, seed, length=seq_len, num_strings=needles_for(seq_len, seed),
-                                  haystack="random" if task == "copy_random" else "stdlib"))
+        if task in ("copy", "copy_random", "copy_lines"):
+            haystack = {"copy": "stdlib", "copy_random": "random", "copy_lines": "none"}[task]
+            return list(iter_copy(n, seed, length=seq_len, num_strings=needles_for(seq_len, seed), haystack=haystack))
         opts: dict = {}
         if task in TEXT_TASKS:
             opts = {"length": seq_len, "split": "train"}
             if task in ("niah_multi_key", "niah_multi_query", "niah_multi_value"):
                 # more needles = more answer bytes per token: the retrieval signal is what a short run lacks
-                opts["num_needles"] = needles_for(seq_len, seed)
+                from .tasks.niah import max_needles
+
+                # capped by what fits: near the minimum length only 2 needles do (iter_task raises otherwise)
+                opts["num_needles"] = max(2, min(needles_for(seq_len, seed),
+                                                 max_needles(task.removeprefix("niah_"), seq_len)))
         elif task == "video":
             opts = {"num_frames": video_frames(seq_len)}
         return list(self.iter_task(task, n, seed, **opts))
@@ -373,6 +378,10 @@ def warm_start(net: MSATransformer, directory: str) -> None:
                          f"start from scratch or use a matching checkpoint.")
     # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity,
     # so the network computes what the checkpoint did
+    if src.cfg.token_conv and src.cfg.token_conv != net.cfg.token_conv:
+        raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "
+                         f"{net.cfg.token_conv}; leave out --token-conv (the checkpoint's is used) or pass "
+                         f"--token-conv {src.cfg.token_conv}.")
     missing, unexpected = net.load_state_dict({k: v.float() for k, v in src.state_dict().items()}, strict=False)
     if unexpected or any("token_conv" not in k for k in missing):
         raise ValueError(f"--init-from {directory}: weights do not match this run's model "
@@ -468,7 +477,13 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
 # ---------------------------------------------------------------------------- main loop
 def build_model_config(tc: TrainConfig) -> ModelConfig:
     cfg = small_config("msa", name="smoke-msa") if tc.smoke else model_config(tc.model)
-    return cfg.replace(token_conv=tc.token_conv) if tc.token_conv is not None else cfg
+    if tc.token_conv is not None:
+        return cfg.replace(token_conv=tc.token_conv)
+    if tc.init_from:  # the warm start's architecture: its TokenConv comes with it unless overridden
+        meta = Path(tc.init_from) / f"{cfg.name}.json"
+        if meta.exists():
+            return cfg.replace(token_conv=json.loads(meta.read_text())["config"].get("token_conv", 0))
+    return cfg
 
 
 def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:

@@ -3,6 +3,8 @@
 # alone), then a quick NIAH/GUI eval of each. JOBS is 'tag|model|train args;tag|model|train args;...'.
 # Each job's weights come back as $OUT/<tag>.<model>.safetensors; its .json, logs and eval in $OUT/sweep.tgz.
 #   TRAIN_MIN=7 JOBS='a|msa-tiny|--init-from data/checkpoints --seq-end 4096' bash scripts/device_sweep.sh
+# A job's args may hold phases separated by ' >> ': each phase warm-starts from the one before (give each
+# phase its own --minutes; TRAIN_MIN is the default). Phase i logs to <tag>/logs<i>; the last one is <tag>.
 set -u
 export PYTHONUNBUFFERED=1 MSA_LAB_AUTOTUNE=${MSA_LAB_AUTOTUNE:-0} OMP_NUM_THREADS=4 PYTHONPATH=$PWD
 M=${TRAIN_MIN:-7}
@@ -16,17 +18,26 @@ for spec in "${SPECS[@]}"; do
   IFS='|' read -r tag model args <<< "$spec"
   mkdir -p $W/$tag
   echo "== $tag: $model $args"
-  python -m msa_lab.train --model $model --minutes "$M" --no-progress --out-dir $W/$tag --log-dir $W/$tag/logs $args \
-    > $W/$tag/train.stdout 2>&1 &
+  (
+    prev="" i=0
+    IFS='>' read -ra PHASES <<< "${args// >> />}"
+    for ph in "${PHASES[@]}"; do
+      i=$((i + 1))
+      out=$W/$tag; [ $i -lt ${#PHASES[@]} ] && out=$W/$tag/p$i
+      python -m msa_lab.train --model $model --minutes "$M" --no-progress --out-dir $out --log-dir $W/$tag/logs$i \
+        $prev $ph >> $W/$tag/train.stdout 2>&1 || exit 1
+      prev="--init-from $out"
+    done
+  ) &
 done
 wait
 for spec in "${SPECS[@]}"; do
   IFS='|' read -r tag model args <<< "$spec"
   echo "== $tag ($model)"; tail -n 3 $W/$tag/train.stdout
-  python - $W/$tag/logs/$model/log.jsonl <<'PY'
+  python - $W/$tag/logs*/$model/log.jsonl <<'PY'
 import json, sys
 from collections import defaultdict
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [json.loads(l) for f in sys.argv[1:] for l in open(f)]
 print(f"steps {len(rows)} tokens {sum(r['tokens'] for r in rows):,} seconds {rows[-1]['seconds']:.0f} "
       f"tok/s {sum(r['tokens'] for r in rows) / rows[-1]['seconds']:.0f}")
 q = max(1, len(rows) // 4)

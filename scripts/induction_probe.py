@@ -34,11 +34,18 @@ ap.add_argument("--conv", type=int, default=0)
 ap.add_argument("--seg", default="6,12", help="min,max segment length")
 ap.add_argument("--model", default="msa", choices=["msa", "reference"])
 ap.add_argument("--steps", type=int, default=1000)
+ap.add_argument("--d", type=int, default=128, help="model width (msa-tiny: 256)")
+ap.add_argument("--layers", type=int, default=2, help="msa-tiny: 8")
+ap.add_argument("--heads", default="4,4", help="query,kv heads (msa-tiny: 8,2)")
+ap.add_argument("--warm-length", type=int, default=0, help="train the first --warm-steps steps at this length")
+ap.add_argument("--warm-steps", type=int, default=0)
+ap.add_argument("--wd", type=float, default=0.0, help="AdamW weight decay (the trainer: 0.1)")
 a = ap.parse_args()
 seg_min, seg_max = (int(x) for x in a.seg.split(","))
 torch.set_num_threads(1)
 torch.manual_seed(0)
-D = 128
+D = a.d
+HQ, HKV = (int(x) for x in a.heads.split(","))
 
 
 class RefBlock(nn.Module):
@@ -73,22 +80,22 @@ if a.model == "reference":
     net = RefGPT()
     forward = net
 else:
-    net = MSATransformer(small_config("dense", name="probe", d_model=D, n_layers=2, d_ff=256, n_heads=4, n_kv_heads=4,
-                                      head_dim=32, index_dim=16, block_size=16, top_k=4, rope_dims=16,
+    net = MSATransformer(small_config("dense", name="probe", d_model=D, n_layers=a.layers, d_ff=2 * D, n_heads=HQ,
+                                      n_kv_heads=HKV, head_dim=D // HQ, index_dim=16, block_size=16, top_k=4, rope_dims=16,
                                       token_conv=a.conv))
     forward = lambda ids: net(ids, mode="train_dense")  # noqa: E731
-opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=0.0)
+opt = torch.optim.AdamW(net.parameters(), lr=a.lr, weight_decay=a.wd)
 
 
-def batch(n: int, seed: int):
+def batch(n: int, seed: int, length: int = a.length):
     rng = random.Random(seed)
-    ids = torch.zeros(n, a.length, dtype=torch.long)
-    mask = torch.zeros(n, a.length, dtype=torch.bool)
+    ids = torch.zeros(n, length, dtype=torch.long)
+    mask = torch.zeros(n, length, dtype=torch.bool)
     for i in range(n):
-        seq = [rng.randrange(a.vocab) + 65 for _ in range(a.length)]
+        seq = [rng.randrange(a.vocab) + 65 for _ in range(length)]
         s = rng.randint(seg_min, seg_max)
-        x = rng.randrange(0, a.length - 2 * s)
-        y = rng.randrange(x + s, a.length - s + 1)
+        x = rng.randrange(0, length - 2 * s)
+        y = rng.randrange(x + s, length - s + 1)
         seq[y:y + s] = seq[x:x + s]
         ids[i] = torch.tensor(seq)
         mask[i, y + 1:y + s] = True
@@ -103,14 +110,15 @@ def copy_loss(ids, mask):
 
 
 ev = batch(256, 10**6)
-print(f"{a.model} conv={a.conv} vocab={a.vocab} L={a.length} seg={a.seg} batch={a.batch} lr={a.lr}; "
+print(f"{a.model} conv={a.conv} vocab={a.vocab} L={a.length} seg={a.seg} batch={a.batch} lr={a.lr} d={D} "
+      f"layers={a.layers} heads={HQ},{HKV} wd={a.wd} warm={a.warm_steps}@{a.warm_length}; "
       f"chance {math.log(a.vocab):.3f}", flush=True)
 t0 = time.time()
 for step in range(a.steps):
-    loss = copy_loss(*batch(a.batch, step))
+    loss = copy_loss(*batch(a.batch, step, a.warm_length if step < a.warm_steps else a.length))
     opt.zero_grad()
     loss.backward()
     opt.step()
     if (step + 1) % 50 == 0:
         with torch.no_grad():
-            print(step + 1, round(copy_loss(*ev).item(), 3), f"{time.time() - t0:.0f}s", flush=True)
+            print(step + 1, round(copy_loss(*ev).item(), 3), f"{time.time() - t0:.0f}s", flush=True)  # at --length

@@ -54,6 +54,9 @@ def iter_copy(n: int, seed: int, *, length: int = 1024, num_strings: int = 4, cu
     haystack: "stdlib" (Python source, as NIAH uses) or "random" (random printable ASCII). In random
     text a 1-byte match already narrows the copy source to a few places, which gives the gradient
     toward an induction mechanism a foothold; in source code a-z0-9 bytes are everywhere.
+    "none": no haystack at all; the prompt is as many strings as fit (``num_strings`` is ignored) and
+    the answer repeats every one of them, so about half of all tokens are copy targets, at distances
+    that vary, so a fixed positional offset cannot solve it.
 
     Why: NIAH answers need an induction mechanism (match the bytes before, copy the byte after), and
     the trained models never formed one from NIAH alone (their digit loss stayed at ln 10 over 1,500
@@ -62,11 +65,14 @@ def iter_copy(n: int, seed: int, *, length: int = 1024, num_strings: int = 4, cu
     """
     from ..tasks.haystack import HaystackSource, build_context
 
-    if haystack not in ("stdlib", "random"):
-        raise ValueError(f"haystack must be 'stdlib' or 'random', got {haystack!r}")
+    if haystack not in ("stdlib", "random", "none"):
+        raise ValueError(f"haystack must be 'stdlib', 'random' or 'none', got {haystack!r}")
     source = HaystackSource()
     for i in range(n):
         rng = random.Random(f"msa-lab/copy/{seed}/{i}")
+        if haystack == "none":
+            yield _copy_lines_example(rng, length, cue, f"copy-s{seed}-{i:06d}")
+            continue
         strings = ["".join(rng.choice(_COPY_CHARS) for _ in range(rng.randint(12, 40))) for _ in range(num_strings)]
         inserts = sorted((rng.random(), s) for s in strings)
         rng.shuffle(inserts)  # the question's order differs from the haystack's
@@ -80,6 +86,41 @@ def iter_copy(n: int, seed: int, *, length: int = 1024, num_strings: int = 4, cu
         meta = {"length": length, "num_strings": num_strings, "cue": cue, "haystack": haystack}
         yield {"id": f"copy-s{seed}-{i:06d}", "task": "copy", "prompt": prompt, "images": [],
                "answer": ", ".join(order), "meta": json.dumps(meta)}
+
+
+def _copy_lines_example(rng: random.Random, length: int, cue: int, ex_id: str) -> dict:
+    """Strings on their own lines filling a ``length``-token prompt, then "Repeat: <cues>."; the answer
+    repeats them all in a shuffled order. A first line of random characters takes up the slack.
+
+    Short prompts (64 tokens and up) get short strings, so that a run can start where the copy source
+    is a few dozen tokens back: an induction mechanism forms there within a few hundred steps, and not
+    at all within a thousand when the source is hundreds of tokens back (data/train/probes/).
+    """
+    if length < 64:
+        raise ValueError(f"length={length} tokens is too small for copy lines; use length >= 64.")
+    head, tail = "Repeat: ", "."
+    lo, hi = (12, 40) if length >= 320 else (8, 24) if length >= 128 else (6, 12)
+    budget = length - PROMPT_SPECIALS - len(head) - len(tail) - 1  # -1: the newline before the question
+    strings, used = [], 0
+    while True:
+        s = "".join(rng.choice(_COPY_CHARS) for _ in range(rng.randint(lo, hi)))
+        cost = len(s) + 1 + cue + 2  # its line, and its cue plus separator in the question
+        if used + cost > budget:
+            break
+        strings.append(s)
+        used += cost
+    assert len(strings) >= 2, length  # 64 tokens leave room for two 12-byte strings
+    body = "\n".join(strings)
+    order = strings[:]
+    rng.shuffle(order)
+    cues = [s[:cue] for s in order]
+    question = head + ", ".join(cues[:-1]) + " and " + cues[-1] + tail
+    rest = length - PROMPT_SPECIALS - len(body) - 1 - len(question)  # >= 0 by the budget above
+    filler = "".join(chr(rng.randrange(33, 127)) for _ in range(rest - 1)) + "\n" if rest else ""
+    prompt = filler + body + "\n" + question
+    meta = {"length": length, "num_strings": len(strings), "cue": cue, "haystack": "none"}
+    return {"id": ex_id, "task": "copy", "prompt": prompt, "images": [], "answer": ", ".join(order),
+            "meta": json.dumps(meta)}
 
 
 def _random_context(rng: random.Random, length: int, inserts, question: str) -> str:

@@ -75,6 +75,14 @@ def iter_niah(
     return _generate(n, seed, variant, k, length, depths, value_kind, source)
 
 
+def max_needles(variant: str, length: int, value_kind: str = "number") -> int:
+    """The most needles of ``variant`` that fit a ``length``-token prompt (0 if not even one fits)."""
+    k = 0
+    while k < MAX_NEEDLES and _worst_case_tokens(variant, k + 1, value_kind) + MIN_HAYSTACK_BYTES <= length:
+        k += 1
+    return k
+
+
 def make_niah(n: int, seed: int, cache_dir: str | None = None, **opts):
     """`datasets.Dataset` of iter_niah(n, seed, **opts) (same options)."""
     task = f"niah_{opts.get('variant', 'single')}"

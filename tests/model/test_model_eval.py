@@ -45,3 +45,16 @@ def test_indexer_recall(model):
     assert len(df) == model.config.n_layers * model.config.n_kv_heads and df["recall"].between(0, 1).all()
     with pytest.raises(ValueError, match="is dense"):
         E.indexer_recall(Model.from_config(small_config("dense")))
+
+
+def test_copy_scores_are_chance_for_an_untrained_model(model):
+    r = E.copy_scores(model, "copy_random", length=300, n=1, mode="dense")
+    assert r["copied_acc"] < 0.2 and r["copied_loss"] > 3.0  # ln 36 = 3.58 for a byte among a-z0-9
+    with pytest.raises(ValueError, match="task must be"):
+        E.copy_scores(model, "niah_single")
+    with pytest.raises(ValueError, match="mode must be"):
+        E.copy_scores(model, mode="sparse")
+
+
+def test_copied_mask_marks_string_bytes_past_the_cue():
+    assert E._copied_mask("abcdef, ghijk", 4) == [False] * 4 + [True] * 2 + [False] * 2 + [False] * 4 + [True, False]

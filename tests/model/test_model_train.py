@@ -10,6 +10,8 @@ from PIL import Image
 
 from msa_lab import train as T
 from msa_lab.model import load_checkpoint, small_config
+from msa_lab.model.synthetic import iter_copy
+from msa_lab.model.tokens import encode_example
 
 
 def _args(tmp_path, *extra):
@@ -182,3 +184,59 @@ def test_token_conv_warm_starts_from_a_checkpoint_without_it(tmp_path):
     assert len(base) == 2
     other = T.TrainConfig(smoke=True, token_conv=3)
     assert T.build_model_config(other).token_conv == 3
+
+
+def test_warm_start_from_a_token_conv_checkpoint_keeps_its_token_conv(tmp_path):
+    """--init-from a checkpoint with TokenConv and no --token-conv: the run takes the checkpoint's width
+    (this failed with "unexpected token_conv weights" before); another width is refused by name."""
+    torch.set_num_threads(1)
+    assert T.main(_args(tmp_path, "--steps", "1", "--token-conv", "3")) == 0
+    ck = tmp_path / "ck"
+    assert T.build_model_config(T.TrainConfig(smoke=True, init_from=str(ck))).token_conv == 3
+    out = tmp_path / "next"
+    assert T.main(["--smoke", "--no-progress", "--out-dir", str(out / "ck"), "--log-dir", str(out / "log"),
+                   "--steps", "1", "--init-from", str(ck)]) == 0
+    assert load_checkpoint("smoke-msa", out / "ck")[0].cfg.token_conv == 3
+    with pytest.raises(ValueError, match="token_conv=3 and this run 4; leave out --token-conv"):
+        T.main(["--smoke", "--no-progress", "--out-dir", str(out / "ck2"), "--log-dir", str(out / "log2"),
+                "--steps", "1", "--init-from", str(ck), "--token-conv", "4"])
+
+
+@pytest.mark.parametrize("length", [64, 65, 127, 128, 300, 320, 1024, 4096])
+def test_copy_lines_fills_the_prompt_with_strings_and_repeats_them(length):
+    exs = list(iter_copy(6, length, length=length, haystack="none"))
+    for ex in exs:
+        enc, answer = encode_example(ex["prompt"], [], ex["answer"], image_size=64, patch_size=8)
+        assert len(enc.ids) - int(answer.sum()) == length  # BOS + prompt bytes + SEP
+        body, question = ex["prompt"].rsplit("\n", 1)
+        strings = ex["answer"].split(", ")
+        assert len(strings) >= 2 and question.startswith("Repeat: ")
+        lines = body.split("\n")
+        for s in strings:
+            assert s in lines and s[:4] in question
+        assert [question.index(s[:4]) for s in strings] == sorted(question.index(s[:4]) for s in strings)
+        assert sum(len(s) for s in strings) > 0.3 * length  # dense copy signal: the point of the task
+    assert len({ex["answer"] for ex in exs}) == len(exs)
+    with pytest.raises(ValueError, match="use length >= 64"):
+        list(iter_copy(1, 0, length=40, haystack="none"))
+
+
+@pytest.mark.parametrize("task", ["niah_multi_key", "niah_multi_query", "niah_multi_value"])
+@pytest.mark.parametrize("length", [320, 384, 448, 512, 640])
+def test_training_needle_counts_fit_short_prompts(task, length):
+    """needles_for may ask for length // 128 needles; near the minimum length fewer fit. Three of this
+    session's GPU runs died at 384 tokens on exactly that (2026-11-27, fourth session)."""
+    from msa_lab.tasks.niah import max_needles
+
+    source = T.TaskSource({task: 1.0})
+    for seed in range(12):
+        (ex,) = source.examples(task, 1, seed, length)
+        assert len(json.loads(ex["meta"])["needles"]) <= max_needles(task.removeprefix("niah_"), length)
+    variant = task.removeprefix("niah_")
+    k = max_needles(variant, length)
+    from msa_lab.tasks import iter_task
+
+    next(iter(iter_task(task, 1, 0, length=length, num_needles=k, split="train")))
+    if k < 64:
+        with pytest.raises(ValueError, match="too small"):
+            next(iter(iter_task(task, 1, 0, length=length, num_needles=k + 1, split="train")))
