@@ -93,6 +93,7 @@ class TrainConfig:
     resume: bool = False
     answer_format: str = "keyed"  # NIAH targets "<key> is: <value>" (keyed_answer) or the bare value ("plain")
     init_from: Optional[str] = None  # directory of a checkpoint to warm-start from (fresh optimizer)
+    init_model: Optional[str] = None  # the model name to take from init_from (None: this run's model)
     token_conv: Optional[int] = None  # ModelConfig.token_conv override (None: the preset's, 0 = off)
     save_every: float = 5.0
     smoke: bool = False
@@ -367,23 +368,44 @@ def load_resume(net, opt, tc: TrainConfig) -> dict:
     return info["state"]
 
 
-def warm_start(net: MSATransformer, directory: str) -> None:
-    """Load the weights of <directory>/<name>.safetensors (sha256-checked) into net; the optimizer and the
-    schedule start fresh. For a further run when the resume state (fp32 + AdamW) could not be kept."""
+def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None) -> None:
+    """Load the weights of <directory>/<source>.safetensors (sha256-checked; source defaults to this run's
+    model) into net; the optimizer and the schedule start fresh. For a further run when the resume state
+    (fp32 + AdamW) could not be kept.
+
+    The source may be the other attention variant: msa-tiny and dense-200k share the backbone. From
+    msa-tiny, dense-200k takes the main branch (the index projections and their TokenConv paths are
+    dropped); from dense-200k, msa-tiny's index branch starts fresh (it learns by KL distillation).
+    """
     from .model.checkpoint import load_checkpoint
 
-    src, _ = load_checkpoint(net.cfg.name, Path(directory), device="cpu")
-    if src.cfg.replace(token_conv=net.cfg.token_conv) != net.cfg:
-        raise ValueError(f"--init-from {directory}: its {net.cfg.name} config differs from this run's; "
-                         f"start from scratch or use a matching checkpoint.")
-    # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity,
-    # so the network computes what the checkpoint did
+    source = source or net.cfg.name
+    src, _ = load_checkpoint(source, Path(directory), device="cpu")
+    same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
+                token_conv=net.cfg.token_conv)
+    if src.cfg.replace(**same) != net.cfg:
+        raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
+                         f"{net.cfg.name} beyond attention, context limit and token_conv; start from scratch or "
+                         f"use a matching checkpoint.")
     if src.cfg.token_conv and src.cfg.token_conv != net.cfg.token_conv:
         raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "
                          f"{net.cfg.token_conv}; leave out --token-conv (the checkpoint's is used) or pass "
                          f"--token-conv {src.cfg.token_conv}.")
-    missing, unexpected = net.load_state_dict({k: v.float() for k, v in src.state_dict().items()}, strict=False)
-    if unexpected or any("token_conv" not in k for k in missing):
+    state = {k: v.float() for k, v in src.state_dict().items()}
+    own = net.state_dict()
+    if src.cfg.sparse and not net.cfg.sparse:
+        state = {k: v for k, v in state.items() if not k.endswith((".wiq.weight", ".wik.weight"))}
+        state = {k: v[: own[k].shape[0]] if k.endswith("token_conv.weight") else v for k, v in state.items()}
+    # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity,
+    # so the network computes what the checkpoint did; likewise a dense source leaves msa-tiny's index
+    # branch at its fresh init
+    fresh_ok = ("token_conv", ".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ("token_conv",)
+    if net.cfg.sparse and not src.cfg.sparse and net.cfg.token_conv and src.cfg.token_conv:
+        for k, v in list(state.items()):  # dense TokenConv holds q/k/v only; the index paths start at identity
+            if k.endswith("token_conv.weight"):
+                state[k] = torch.cat([v, own[k][v.shape[0]:]])
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if unexpected or any(not any(f in k for f in fresh_ok) for k in missing):
         raise ValueError(f"--init-from {directory}: weights do not match this run's model "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
 
@@ -480,7 +502,7 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
     if tc.token_conv is not None:
         return cfg.replace(token_conv=tc.token_conv)
     if tc.init_from:  # the warm start's architecture: its TokenConv comes with it unless overridden
-        meta = Path(tc.init_from) / f"{cfg.name}.json"
+        meta = Path(tc.init_from) / f"{tc.init_model or cfg.name}.json"
         if meta.exists():
             return cfg.replace(token_conv=json.loads(meta.read_text())["config"].get("token_conv", 0))
     return cfg
@@ -505,8 +527,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     if tc.resume:
         state = load_resume(net, opt, tc)
     elif tc.init_from:
-        warm_start(net, tc.init_from)
-        state["init_from"] = warm_start_record(cfg.name, tc.init_from)
+        warm_start(net, tc.init_from, tc.init_model)
+        state["init_from"] = warm_start_record(tc.init_model or cfg.name, tc.init_from)
     elif log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh curve
     source = TaskSource(parse_tasks("synthetic_niah" if tc.smoke else tc.tasks), log=print)
@@ -641,6 +663,8 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--init-from", default=None, metavar="DIR",
                     help="warm-start from DIR/<model>.safetensors (fresh optimizer and schedule)")
+    ap.add_argument("--init-model", default=None, choices=["msa-tiny", "dense-200k"],
+                    help="with --init-from: take this model's weights (the shared backbone; default: --model)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU config on the synthetic task (30 steps)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     a = vars(ap.parse_args(argv))
@@ -655,6 +679,8 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
             raise SystemExit(f"--{f.replace('_', '-')} must be > 0")
     if tc.seq_start > tc.seq_end:
         raise SystemExit(f"--seq-start {tc.seq_start} > --seq-end {tc.seq_end}; swap them.")
+    if tc.init_model and not tc.init_from:
+        raise SystemExit("--init-model names the model to take from --init-from DIR; pass --init-from too.")
     return tc
 
 

@@ -37,9 +37,11 @@ for spec in "${SPECS[@]}"; do
   python - $W/$tag/logs*/$model/log.jsonl <<'PY'
 import json, sys
 from collections import defaultdict
-rows = [json.loads(l) for f in sys.argv[1:] for l in open(f)]
-print(f"steps {len(rows)} tokens {sum(r['tokens'] for r in rows):,} seconds {rows[-1]['seconds']:.0f} "
-      f"tok/s {sum(r['tokens'] for r in rows) / rows[-1]['seconds']:.0f}")
+phases = [[json.loads(l) for l in open(f)] for f in sys.argv[1:]]
+rows = [r for p in phases for r in p]
+secs = sum(p[-1]["seconds"] for p in phases if p)  # each phase's clock starts at 0
+print(f"steps {len(rows)} tokens {sum(r['tokens'] for r in rows):,} seconds {secs:.0f} "
+      f"tok/s {sum(r['tokens'] for r in rows) / secs:.0f}")
 q = max(1, len(rows) // 4)
 for i in range(0, len(rows), q):
     d, lm = defaultdict(list), defaultdict(list)
