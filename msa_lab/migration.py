@@ -520,6 +520,21 @@ def find_results(folder=None) -> List[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def stale_models(results: dict, checkpoint_dir=None) -> List[str]:
+    """Models whose checkpoint (sha256) differs from the one these results were measured with."""
+    from .model.checkpoint import CheckpointNotFound, read_meta
+
+    out = []
+    for name, info in results.get("models", {}).items():
+        try:
+            now = read_meta(name, Path(checkpoint_dir) if checkpoint_dir else None)["sha256"]
+        except (CheckpointNotFound, OSError, ValueError, KeyError):
+            continue
+        if info.get("sha256") and info["sha256"] != now:
+            out.append(name)
+    return out
+
+
 def load_or_measure(lengths: Sequence[int] = (1024, 2048), *, folder=None, limit: Optional[int] = 1536,
                     **measure_kw) -> dict:
     """The newest results file in ``folder`` (default data/eval) if any, else a live measurement here.
@@ -532,6 +547,11 @@ def load_or_measure(lengths: Sequence[int] = (1024, 2048), *, folder=None, limit
         res = load_results(files[0])
         res["source"] = (f"{files[0].name}, measured on {res['device']['name']} on {res['date']} "
                          f"(torch {res['torch']})")
+        stale = stale_models(res, measure_kw.get("checkpoint_dir"))
+        if stale:
+            res["stale_models"] = stale
+            res["source"] += (f"; WARNING: measured with earlier checkpoints of {', '.join(stale)} than the ones in "
+                              f"data/checkpoints now: rerun `python -m msa_lab.migration` on a GPU")
         return res
     res = measure_migration(lengths, limit=limit, **measure_kw)
     res["source"] = (f"measured live on {res['device']['name']} just now (no migration-*.json in "

@@ -299,3 +299,19 @@ def test_migration_view_rejects_a_non_results_dict():
 
     with pytest.raises(ValueError, match="measure_migration"):
         MigrationView({"niah": []})
+
+
+def test_results_measured_with_other_checkpoints_are_flagged(tmp_path):
+    """A results file names the sha256 of each model it measured; when data/checkpoints holds another
+    checkpoint now, the source line says so instead of passing old figures off as the current models'."""
+    from msa_lab.model.checkpoint import read_meta
+
+    now = read_meta("msa-tiny")["sha256"]
+    res = _results(created="2026-11-28T00:00:00Z")
+    res["models"] = {"msa-tiny": {"sha256": now}, "dense-200k": {"sha256": "0" * 64}}
+    M.write_results(res, tmp_path / "migration-x.json")
+    out = M.load_or_measure(folder=tmp_path)
+    assert out["stale_models"] == ["dense-200k"] and "earlier checkpoints of dense-200k" in out["source"]
+    res["models"]["dense-200k"]["sha256"] = read_meta("dense-200k")["sha256"]
+    M.write_results(res, tmp_path / "migration-x.json")
+    assert "stale_models" not in M.load_or_measure(folder=tmp_path)
