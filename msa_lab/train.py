@@ -391,19 +391,16 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
         raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "
                          f"{net.cfg.token_conv}; leave out --token-conv (the checkpoint's is used) or pass "
                          f"--token-conv {src.cfg.token_conv}.")
-    state = {k: v.float() for k, v in src.state_dict().items()}
     own = net.state_dict()
-    if src.cfg.sparse and not net.cfg.sparse:
-        state = {k: v for k, v in state.items() if not k.endswith((".wiq.weight", ".wik.weight"))}
-        state = {k: v[: own[k].shape[0]] if k.endswith("token_conv.weight") else v for k, v in state.items()}
-    # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity,
-    # so the network computes what the checkpoint did; likewise a dense source leaves msa-tiny's index
-    # branch at its fresh init
+    state = {k: v.float() for k, v in src.state_dict().items()
+             if net.cfg.sparse or not k.endswith(("wiq.weight", "wik.weight"))}  # dense-200k has no index branch
+    for k, v in state.items():  # TokenConv paths: q, k, v, then (msa only) iq, ik; missing paths keep their init
+        if k.endswith("token_conv.weight") and v.shape != own[k].shape:
+            n = min(v.shape[0], own[k].shape[0])
+            state[k] = torch.cat([v[:n], own[k][n:]])
+    # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity, so the
+    # network computes what the checkpoint did; likewise a dense source leaves msa-tiny's index branch fresh
     fresh_ok = ("token_conv", ".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ("token_conv",)
-    if net.cfg.sparse and not src.cfg.sparse and net.cfg.token_conv and src.cfg.token_conv:
-        for k, v in list(state.items()):  # dense TokenConv holds q/k/v only; the index paths start at identity
-            if k.endswith("token_conv.weight"):
-                state[k] = torch.cat([v, own[k][v.shape[0]:]])
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not any(f in k for f in fresh_ok) for k in missing):
         raise ValueError(f"--init-from {directory}: weights do not match this run's model "
@@ -502,9 +499,13 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
     if tc.token_conv is not None:
         return cfg.replace(token_conv=tc.token_conv)
     if tc.init_from:  # the warm start's architecture: its TokenConv comes with it unless overridden
-        meta = Path(tc.init_from) / f"{tc.init_model or cfg.name}.json"
-        if meta.exists():
-            return cfg.replace(token_conv=json.loads(meta.read_text())["config"].get("token_conv", 0))
+        from .model.checkpoint import CheckpointNotFound, read_meta
+
+        try:
+            meta = read_meta(tc.init_model or cfg.name, Path(tc.init_from))
+        except CheckpointNotFound:
+            return cfg  # warm_start names the missing file
+        return cfg.replace(token_conv=meta["config"].get("token_conv", 0))
     return cfg
 
 
