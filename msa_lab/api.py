@@ -160,6 +160,16 @@ def selection_recall(selected: np.ndarray, mass: np.ndarray) -> np.ndarray:
     return got.sum(-1).mean(-1).numpy()
 
 
+def selection_ceiling(mass: np.ndarray, top_k: int) -> np.ndarray:
+    """The most dense mass any ``top_k`` blocks could hold: mass [Hkv, N, nb] -> [Hkv].
+
+    An upper bound for selection_recall at that k (it ignores the forced init/local blocks): where a
+    model's dense attention is spread over many blocks, no k-block selection reaches a high recall.
+    """
+    m = torch.from_numpy(mass)
+    return m.topk(min(top_k, m.shape[-1]), dim=-1).values.sum(-1).mean(-1).numpy()
+
+
 # ---------------------------------------------------------------------------- model
 class Model:
     """A loaded model: generate, act, prefill_steps, capture. Build with load_model or Model.from_config."""
@@ -286,4 +296,5 @@ def load_model(name: str, device=None, *, checkpoint_dir=None, dtype: Optional[t
     return Model(net, meta)
 
 
-__all__ = ["load_model", "Model", "Action", "ActionParseError", "parse_action", "Capture", "selection_recall"]
+__all__ = ["load_model", "Model", "Action", "ActionParseError", "parse_action", "Capture", "selection_recall",
+           "selection_ceiling"]

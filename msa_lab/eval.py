@@ -12,15 +12,18 @@ pandas and plotly are imported lazily; the tasks come from msa_lab.tasks (fallba
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import platform
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
 from .api import ActionParseError, Model, load_model
+from .config import MSAConfig
 from .model.checkpoint import REPO_ROOT
 from .model.tokens import EOS, encode_example
 
@@ -39,6 +42,11 @@ def _examples(task: str, n: int, seed: int, **opts) -> List[dict]:
     return list(iter_task(task, n, seed, **opts))
 
 
+# Room for a keyed NIAH answer, "<key> is: <value>" (~35 bytes; msa_lab.tasks.niah.keyed_answer), which the
+# trained models give. Generation stops at EOS, so the headroom costs nothing.
+NIAH_MAX_NEW_TOKENS = 48
+
+
 def answer_ok(pred: str, answer: str) -> bool:
     """NIAH scoring: every comma-separated expected value appears in the prediction.
 
@@ -51,7 +59,7 @@ def answer_ok(pred: str, answer: str) -> bool:
 
 def niah_grid(model: Model, lengths: Sequence[int] = (1024, 4096, 16384), depths: Sequence[float] = (0.0, 0.25, 0.5,
               0.75, 1.0), n: int = 2, seed: int = 0, variant: str = "single", chunk_size: int = 4096,
-              overflow: str = "error", max_new_tokens: int = 48):
+              overflow: str = "error", max_new_tokens: int = NIAH_MAX_NEW_TOKENS):
     """DataFrame [length, depth, n, accuracy, seconds]: greedy answers, exact value match."""
     import pandas as pd
 
@@ -110,20 +118,55 @@ def image_qa_accuracy(model: Model, n: int = 50, seed: int = 0) -> dict:
     return {"accuracy": hits / max(1, len(exs)), "n": len(exs)}
 
 
-def indexer_recall(model: Model, lengths: Sequence[int] = (1024, 2048), n: int = 1, seed: int = 0):
-    """DataFrame [length, layer, group, recall]: dense mass inside the selected blocks (MSA models)."""
+@contextlib.contextmanager
+def selecting_top_k(model: Model, top_k: Optional[int]):
+    """Run ``model`` with ``top_k`` blocks per query (main branch and indexer) inside the block.
+
+    The weights do not depend on k, so the trained indexer can be read at another k: the issue's
+    recall is defined at k = 16, while msa-tiny's config (block 64, 8 blocks) was trained at 8.
+    """
+    if top_k is None or top_k == model.config.top_k:
+        yield model
+        return
+    net = model.net
+    old_cfg, olds = net.cfg, [(m, m.msa) for m in net.modules() if isinstance(getattr(m, "msa", None), MSAConfig)]
+    try:
+        net.cfg = model.engine.cfg = old_cfg.replace(top_k=top_k)
+        for m, msa in olds:
+            m.msa = dataclasses.replace(msa, top_k=top_k)
+        yield model
+    finally:
+        net.cfg = model.engine.cfg = old_cfg
+        for m, msa in olds:
+            m.msa = msa
+
+
+def indexer_recall(model: Model, lengths: Sequence[int] = (1024, 2048), n: int = 1, seed: int = 0,
+                   top_k: Optional[int] = None):
+    """DataFrame [length, top_k, layer, group, recall, ceiling] (MSA models).
+
+    recall: the share of dense attention mass inside the selected blocks; ceiling: the most any
+    top_k blocks could hold (api.selection_ceiling). ``top_k`` reads the indexer at another k
+    (default: the model's own).
+    """
     import pandas as pd
+
+    from .api import selection_ceiling
 
     if not model.config.sparse:
         raise ValueError(f"{model.name} is dense: it selects no blocks, so it has no indexer recall.")
     rows = []
-    for length in lengths:
-        for ex in _examples("niah_single", n, seed, length=length):
-            cap = model.capture(ex["prompt"], dense_limit=max(lengths) + 16)
-            for layer, per_group in enumerate(cap.recall):
-                for g, r in enumerate(per_group):
-                    rows.append({"length": length, "layer": layer, "group": g, "recall": float(r)})
-    return pd.DataFrame(rows).groupby(["length", "layer", "group"], as_index=False)["recall"].mean()
+    with selecting_top_k(model, top_k):
+        k = model.config.top_k
+        for length in lengths:
+            for ex in _examples("niah_single", n, seed, length=length):
+                cap = model.capture(ex["prompt"], dense_limit=max(lengths) + 16)
+                for layer, (per_group, mass) in enumerate(zip(cap.recall, cap.block_mass)):
+                    for g, (r, c) in enumerate(zip(per_group, selection_ceiling(mass, k))):
+                        rows.append({"length": length, "top_k": k, "layer": layer, "group": g, "recall": float(r),
+                                     "ceiling": float(c)})
+    return pd.DataFrame(rows).groupby(["length", "top_k", "layer", "group"], as_index=False)[
+        ["recall", "ceiling"]].mean()
 
 
 @torch.no_grad()
@@ -229,26 +272,60 @@ def _versions() -> dict:
     return v
 
 
+def default_lengths(model: Model, quick: bool = False) -> Tuple[int, ...]:
+    """The NIAH grid's lengths: to 64K on a CPU; on a GPU to 1M (MSA) or to the dense model's limit."""
+    if quick:
+        return (1024, 4096)
+    if model.device.type != "cuda":
+        return (1024, 4096, 16384, 65536)
+    top = model.config.max_context or 1 << 20
+    return tuple(n for n in (4096, 16384, 65536, 262144) if n < top) + (top,)
+
+
 def run_eval(name: str, *, quick: bool = False, device=None, out_dir: Optional[Path] = None,
-             checkpoint_dir=None) -> dict:
-    """Run the evals that apply to ``name``; save data/eval/<name>.json (+ CSVs); refresh the model card."""
+             checkpoint_dir=None, lengths: Optional[Sequence[int]] = None, n: Optional[int] = None,
+             long_n: Optional[int] = None) -> dict:
+    """Run the evals that apply to ``name``; save data/eval/<name>.json (+ CSVs); refresh the model card.
+
+    NIAH: ``n`` examples per (length, depth) up to 64K and ``long_n`` beyond (a 1M-token answer takes
+    seconds even on a GPU). The dense model's lengths stop at its limit; past it, msa_lab.migration
+    measures each truncation/chunking policy.
+    """
     model = load_model(name, device, checkpoint_dir=checkpoint_dir)
     out_dir = Path(out_dir or EVAL_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lengths = (1024, 4096) if quick else (1024, 4096, 16384, 65536)
-    n = 1 if quick else 4
-    tables = {"niah": niah_grid(model, lengths=lengths, n=n,
-                                overflow="error" if model.config.sparse else "truncate_middle"),
+    lengths = tuple(lengths or default_lengths(model, quick))
+    n = n or (1 if quick else 4)
+    long_n = long_n or max(1, n // 2)
+    chunk = 16384 if model.device.type == "cuda" else 4096
+    import pandas as pd
+
+    grids = []
+    for length in lengths:
+        grids.append(niah_grid(model, lengths=[length], n=n if length <= 65536 else long_n, chunk_size=chunk,
+                               overflow="error" if model.config.sparse else "truncate_middle"))
+        # a long grid killed by a time box still leaves the lengths it finished
+        pd.concat(grids, ignore_index=True).to_csv(out_dir / f"{name}.niah.partial.csv", index=False)
+
+    tables = {"niah": pd.concat(grids, ignore_index=True),
               "position_probe": position_probe(model, n=2 if quick else 8)}
     summary = {"niah_accuracy": round(float(tables["niah"]["accuracy"].mean()), 3)}
     if model.config.sparse:
-        tables["indexer_recall"] = indexer_recall(model, lengths=(1024,) if quick else (1024, 2048, 4096))
-        summary["indexer_recall"] = round(float(tables["indexer_recall"]["recall"].mean()), 3)
+        # at the model's own k and at the issue's k = 16 (the same trained indexer, read at 16 blocks)
+        rec_lengths = (1024,) if quick else (1024, 2048, 4096)
+        rec = pd.concat([indexer_recall(model, lengths=rec_lengths, top_k=k)
+                         for k in sorted({model.config.top_k, 16})], ignore_index=True)
+        tables["indexer_recall"] = rec
+        for k, part in rec.groupby("top_k"):
+            tag = "" if k == model.config.top_k else f"_k{k}"
+            summary[f"indexer_recall{tag}"] = round(float(part["recall"].mean()), 3)
+            summary[f"indexer_recall_ceiling{tag}"] = round(float(part["ceiling"].mean()), 3)
     gui = gui_click_accuracy(model, n=10 if quick else 100)
     iqa = image_qa_accuracy(model, n=10 if quick else 100)
     summary.update({"gui_click_accuracy": round(gui["accuracy"], 3), "image_qa_accuracy": round(iqa["accuracy"], 3)})
     for k, df in tables.items():
         df.to_csv(out_dir / f"{name}.{k}.csv", index=False)
+    (out_dir / f"{name}.niah.partial.csv").unlink(missing_ok=True)
     result = {"model": name, "summary": summary, "gui": gui, "image_qa": iqa,
               "tables": {k: df.to_dict(orient="records") for k, df in tables.items()},
               "card": model.card, "versions": _versions(), "quick": quick,
@@ -268,8 +345,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--out-dir", default=None)
     ap.add_argument("--checkpoint-dir", default=None)
+    ap.add_argument("--lengths", default=None, help="NIAH lengths, e.g. 4K,64K,1M (default: by device and model)")
+    ap.add_argument("--n", type=int, default=None, help="NIAH examples per length and depth up to 64K (default 4)")
+    ap.add_argument("--long-n", type=int, default=None, help="... and past 64K (default n // 2)")
     a = ap.parse_args(argv)
-    res = run_eval(a.model, quick=a.quick, device=a.device, out_dir=a.out_dir, checkpoint_dir=a.checkpoint_dir)
+    lengths = None
+    if a.lengths:
+        from .bench import parse_lengths
+
+        lengths = parse_lengths(a.lengths)
+    res = run_eval(a.model, quick=a.quick, device=a.device, out_dir=a.out_dir, checkpoint_dir=a.checkpoint_dir,
+                   lengths=lengths, n=a.n, long_n=a.long_n)
     print(json.dumps(res["summary"]))
     return 0
 

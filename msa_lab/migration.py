@@ -35,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from . import cost
 from .bench import fmt_length, parse_lengths, slugify
-from .eval import answer_ok
+from .eval import NIAH_MAX_NEW_TOKENS, answer_ok
 from .model.checkpoint import REPO_ROOT
 from .model.config import DENSE_200K_LIMIT, MODEL_CONFIGS, ModelConfig
 from .model.engine import OVERFLOW_POLICIES, ContextTooLong
@@ -329,7 +329,7 @@ def _prefill(model, enc, chunk_size: int) -> dict:
 def measure_migration(lengths: Sequence[int], *, models: Sequence[str] = MODELS,
                       policies: Sequence[str] = PAST_LIMIT_POLICIES, depths: Sequence[float] = (0.5,), n: int = 1,
                       seed: int = 0, chunk_size: int = 4096, dense_chunk_size: Optional[int] = None,
-                      max_new_tokens: int = 16, limit: Optional[int] = None,
+                      max_new_tokens: int = NIAH_MAX_NEW_TOKENS, limit: Optional[int] = None,
                       out=None, device=None, checkpoint_dir=None, loaded: Optional[dict] = None,
                       time_budget_s: Optional[float] = None,
                       progress: Optional[Callable[[int, int, str], None]] = None) -> dict:
@@ -777,7 +777,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--chunk-size", type=int, default=8192, help="msa-tiny's prefill chunk")
     ap.add_argument("--dense-chunk-size", type=int, default=None,
                     help="dense-200k's prefill chunk (default: the whole prompt, one SDPA call per layer)")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=NIAH_MAX_NEW_TOKENS)
     ap.add_argument("--limit", type=int, default=None,
                     help="scale dense-200k's limit down (CPU demos; the results say so)")
     ap.add_argument("--device", default=None)

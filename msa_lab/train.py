@@ -410,8 +410,15 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
 def warm_start_record(name: str, directory: str) -> dict:
     meta = json.loads((Path(directory) / f"{name}.json").read_text())
     tr = meta.get("train", {})
-    return {"sha256": meta["sha256"], "steps": tr.get("steps"), "tokens": tr.get("tokens"),
-            "seconds": tr.get("seconds"), "device": tr.get("device"), "command": tr.get("command")}
+    # totals, not the last run's figures: the warm start may itself continue earlier runs
+    rec = {"sha256": meta["sha256"], "steps": tr.get("total_steps", tr.get("steps")),
+           "tokens": tr.get("total_tokens", tr.get("tokens")), "seconds": tr.get("total_seconds", tr.get("seconds")),
+           "device": tr.get("device"), "command": tr.get("command")}
+    # every run so far, so that a chain of warm starts keeps its whole history on the card
+    rec["chain"] = tr.get("chain") or [{"run": f"1 {directory}", "steps": rec["steps"], "tokens": rec["tokens"],
+                                        "seconds": rec["seconds"]}]
+    rec["chain_commands"] = tr.get("chain_commands") or [tr.get("command")]
+    return rec
 
 
 # ---------------------------------------------------------------------------- model card
@@ -456,6 +463,29 @@ def _runs_text(tr: dict) -> str:
             f"then warm-started: {this}")
 
 
+def _eval_text(res: dict, sha256: str) -> str:
+    """One paragraph of an eval JSON (msa_lab.eval.run_eval) for the card; flags results of other weights."""
+    summary = res.get("summary", {})
+    if not summary:
+        return ""
+    v = res.get("versions", {})
+    where = f"{v.get('gpu') or 'CPU'}, torch {v.get('torch', '?')}, {str(res.get('created', '?'))[:10]}"
+    rows = (res.get("tables") or {}).get("niah") or []
+    by_len: dict = {}
+    for r in rows:
+        acc, n = by_len.get(r["length"], (0.0, 0))
+        by_len[r["length"]] = (acc + r["accuracy"] * r["n"], n + r["n"])
+    niah = ", ".join(f"{length:,}: {hits / max(1, n):.2f} ({n})" for length, (hits, n) in sorted(by_len.items()))
+    text = f"({where}) NIAH exact match by length (questions): {niah}. " if niah else f"({where}) "
+    text += ", ".join(f"{k} = {v}" for k, v in summary.items() if k != "niah_accuracy")
+    gui = res.get("gui") or {}
+    if "kind_accuracy" in gui:
+        text += f" (GUI action kind {gui['kind_accuracy']:.2f}; n = {gui.get('n')})"
+    if (res.get("card") or {}).get("sha256") not in (None, sha256):
+        text = "STALE, measured on other weights: " + text
+    return text + "."
+
+
 def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
     """Rewrite out_dir/README.md from every checkpoint JSON there (+ data/eval/<name>.json if present)."""
     out_dir = Path(out_dir)
@@ -479,15 +509,15 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
             ev_text += " Quick checks right after training: " + ", ".join(
                 f"`{q.relative_to(REPO_ROOT) if q.is_relative_to(REPO_ROOT) else q}`" for q in quick) + "."
         if ev.is_file():
-            summary = json.loads(ev.read_text()).get("summary", {})
-            ev_text = ", ".join(f"{k} = {v}" for k, v in summary.items()) or ev_text
+            ev_text = _eval_text(json.loads(ev.read_text()), meta["sha256"]) or ev_text
         parts.append(CARD_MODEL.format(
             name=meta["name"], attention=cfg["attention"], n_params=meta["n_params"], bytes_mib=meta["bytes"] / 2**20,
             limit=f"{cfg['max_context']:,} tokens" if cfg.get("max_context") else "none (memory-bound)",
             steps=tr.get("total_steps", tr.get("steps", 0)), tokens=tr.get("total_tokens", tr.get("tokens", 0)),
             minutes=tr.get("total_seconds", tr.get("seconds", 0)) / 60,
             device=tr.get("device", "?"), final_loss=tr.get("final_loss", "?"), sha256=meta["sha256"],
-            runs=_runs_text(tr), command=tr.get("command", "?"), pose_max=cfg["pose_max_position"], log=tr.get("log", "?"), eval=ev_text))
+            runs=_runs_text(tr), command=tr.get("command", "?"),
+            pose_max=cfg.get("max_context") or cfg["pose_max_position"], log=tr.get("log", "?"), eval=ev_text))
     path = out_dir / "README.md"
     path.write_text("".join(parts))
     return path
@@ -621,6 +651,12 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         record["total_steps"] = state["step"] + (prev.get("steps") or 0)
         record["total_tokens"] = state["tokens"] + (prev.get("tokens") or 0)
         record["total_seconds"] = round(state["seconds"] + (prev.get("seconds") or 0), 1)
+        if prev.get("chain"):  # records written before chains were carried have none
+            record["chain"] = prev["chain"] + [{"run": f"{len(prev['chain']) + 1} {tc.tasks} at {tc.seq_start:,}-"
+                                                       f"{tc.seq_end:,} tokens ({dev_name})",
+                                                "steps": state["step"], "tokens": state["tokens"],
+                                                "seconds": round(state["seconds"], 1)}]
+            record["chain_commands"] = prev.get("chain_commands", []) + [record["command"]]
     net.eval()
     save_checkpoint(net, Path(tc.out_dir), train=record)
     render_card(Path(tc.out_dir))

@@ -30,7 +30,7 @@ try:
 except ImportError as e:  # optional extra
     raise ImportError("EvalBuilder needs ipywidgets and plotly: pip install 'msa-lab[lab]'") from e
 
-from ..eval import answer_ok
+from ..eval import NIAH_MAX_NEW_TOKENS, answer_ok
 from ..model.engine import OVERFLOW_POLICIES, ContextTooLong
 from ..tasks import vocab
 from ..tasks.haystack import MIN_HAYSTACK_BYTES, build_context, make_source
@@ -201,7 +201,7 @@ class EvalBuilder(FigureExport):
     """
 
     def __init__(self, task: Optional[NeedleTask] = None, models: Optional[Dict[str, object]] = None,
-                 run_on: Sequence[str] = MODELS, overflow: str = "truncate_middle", max_new_tokens: int = 16,
+                 run_on: Sequence[str] = MODELS, overflow: str = "truncate_middle", max_new_tokens: int = NIAH_MAX_NEW_TOKENS,
                  chunk_size: int = 4096, out_dir=None):
         task = task or NeedleTask()
         self._models = dict(models or {})

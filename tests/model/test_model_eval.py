@@ -43,6 +43,13 @@ def test_gui_and_image_qa(model):
 def test_indexer_recall(model):
     df = E.indexer_recall(model, lengths=(300,))
     assert len(df) == model.config.n_layers * model.config.n_kv_heads and df["recall"].between(0, 1).all()
+    assert (df["recall"] <= df["ceiling"] + 1e-6).all()  # no selection beats the best k blocks
+    wide = E.indexer_recall(model, lengths=(300,), top_k=2 * model.config.top_k)
+    assert (wide["top_k"] == 2 * model.config.top_k).all() and wide["recall"].mean() > df["recall"].mean()
+    assert wide["ceiling"].mean() > df["ceiling"].mean()
+    # the override ends with the block: the model selects its own k again
+    assert all(m.msa.top_k == model.config.top_k for m in model.net.modules() if hasattr(m, "msa"))
+    assert model.engine.cfg.top_k == model.config.top_k == 4
     with pytest.raises(ValueError, match="is dense"):
         E.indexer_recall(Model.from_config(small_config("dense")))
 

@@ -225,3 +225,16 @@ def test_token_conv_starts_as_the_identity_and_mixes_only_the_past():
 def test_token_conv_width_is_checked(width):
     with pytest.raises(ValueError, match="token_conv"):
         small_config("msa", token_conv=width)
+
+
+@pytest.mark.parametrize("nq,nk", [(1, 9), (37, 100), (64, 64)])
+def test_dense_lower_right_bias_equals_the_explicit_mask(nq, nk):
+    """The CUDA chunked-prefill path (SDPA's causal_lower_right) masks like the CPU path's boolean mask."""
+    from msa_lab.model.layers import dense_attention, dense_attention_lower_right
+
+    g = torch.Generator().manual_seed(nq)
+    q, k, v = (torch.randn(1, 4, n, 32, generator=g) for n in (nq, nk, nk))
+    want = dense_attention(q, k, v, 0.2)
+    got = dense_attention_lower_right(q, k, v, 0.2)
+    assert float((got - want).norm() / want.norm()) < 1e-5
+    assert not torch.allclose(got, dense_attention_lower_right(q, k, v.flip(2), 0.2))  # the keys matter

@@ -240,3 +240,34 @@ def test_training_needle_counts_fit_short_prompts(task, length):
     if k < 64:
         with pytest.raises(ValueError, match="too small"):
             next(iter(iter_task(task, 1, 0, length=length, num_needles=k + 1, split="train")))
+
+
+def test_warm_start_record_keeps_the_whole_chain(tmp_path):
+    """A warm start of a warm start reports every run: totals, not the parent's last run alone."""
+    from msa_lab.train import warm_start_record
+
+    chain = [{"run": "1 a", "steps": 10, "tokens": 100, "seconds": 5.0},
+             {"run": "2 b", "steps": 3, "tokens": 30, "seconds": 1.0}]
+    train = {"steps": 3, "tokens": 30, "seconds": 1.0, "total_steps": 13, "total_tokens": 130, "total_seconds": 6.0,
+             "chain": chain, "chain_commands": ["cmd a", "cmd b"], "command": "cmd b"}
+    (tmp_path / "msa-tiny.json").write_text(json.dumps({"sha256": "x", "train": train}))
+    rec = warm_start_record("msa-tiny", str(tmp_path))
+    assert (rec["steps"], rec["tokens"], rec["seconds"]) == (13, 130, 6.0)
+    assert rec["chain"] == chain and rec["chain_commands"] == ["cmd a", "cmd b"]
+    train = {"steps": 7, "tokens": 70, "seconds": 2.0, "command": "cmd"}  # a single run starts a chain of one
+    (tmp_path / "msa-tiny.json").write_text(json.dumps({"sha256": "x", "train": train}))
+    rec = warm_start_record("msa-tiny", str(tmp_path))
+    assert [c["steps"] for c in rec["chain"]] == [7] and rec["chain_commands"] == ["cmd"]
+
+
+def test_card_eval_text_gives_niah_by_length_and_flags_other_weights():
+    from msa_lab.train import _eval_text
+
+    res = {"summary": {"niah_accuracy": 0.5, "gui_click_accuracy": 0.4}, "versions": {"gpu": "H100", "torch": "2"},
+           "created": "2026-11-27T00:00:00Z", "gui": {"kind_accuracy": 1.0, "n": 10}, "card": {"sha256": "aaa"},
+           "tables": {"niah": [{"length": 4096, "n": 2, "accuracy": 1.0}, {"length": 4096, "n": 2, "accuracy": 0.5},
+                               {"length": 65536, "n": 1, "accuracy": 0.0}]}}
+    text = _eval_text(res, "aaa")
+    assert "4,096: 0.75 (4)" in text and "65,536: 0.00 (1)" in text and "H100" in text
+    assert not text.startswith("STALE")
+    assert _eval_text(res, "bbb").startswith("STALE")
