@@ -239,9 +239,6 @@ def test_save_html(st, tmp_path):
     assert "ms per chunk" in text and "plotly" in text
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped msa-tiny does not retrieve needles yet (NIAH 0% at 4K and 64K, "
-                   "data/eval/quick-h100-2026-11-27.md; issue 4). strict: once it does, this xfail fails the suite "
-                   "and must be removed")
 def test_trained_msa_tiny_finds_the_needle(torch_path_models):
     from msa_lab import load_model
 

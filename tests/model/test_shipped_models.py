@@ -69,9 +69,6 @@ def test_prefill_is_chunked_and_reports_blocks(tiny):
     assert last.last_selected.shape[-1] == tiny.config.top_k and last.selection_hist.sum() > 0
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped msa-tiny does not retrieve needles yet (NIAH 0% at 4K and 64K on "
-                   "an H100, data/eval/quick-h100-2026-11-27.md; issue 4). strict: when it answers, this fails the "
-                   "suite and the xfail must go")
 def test_niah_8k_is_answered(tiny):
     ex = next(iter(iter_task("niah_single", 1, 8, length=8192, depth=0.5)))
     pred = tiny.generate(ex["prompt"], max_new_tokens=40, chunk_size=4096)
