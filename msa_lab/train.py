@@ -651,12 +651,11 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         record["total_steps"] = state["step"] + (prev.get("steps") or 0)
         record["total_tokens"] = state["tokens"] + (prev.get("tokens") or 0)
         record["total_seconds"] = round(state["seconds"] + (prev.get("seconds") or 0), 1)
-        if prev.get("chain"):  # records written before chains were carried have none
-            record["chain"] = prev["chain"] + [{"run": f"{len(prev['chain']) + 1} {tc.tasks} at {tc.seq_start:,}-"
-                                                       f"{tc.seq_end:,} tokens ({dev_name})",
-                                                "steps": state["step"], "tokens": state["tokens"],
-                                                "seconds": round(state["seconds"], 1)}]
-            record["chain_commands"] = prev.get("chain_commands", []) + [record["command"]]
+        chain = prev.get("chain") or []  # warm_start_record always writes one; resumed older states may not
+        record["chain"] = chain + [{"run": f"{len(chain) + 1} {tc.tasks} at {tc.seq_start:,}-{tc.seq_end:,} tokens "
+                                           f"({dev_name})", "steps": state["step"], "tokens": state["tokens"],
+                                    "seconds": round(state["seconds"], 1)}]
+        record["chain_commands"] = prev.get("chain_commands", []) + [record["command"]]
     net.eval()
     save_checkpoint(net, Path(tc.out_dir), train=record)
     render_card(Path(tc.out_dir))

@@ -197,6 +197,12 @@ def test_warm_start_from_a_token_conv_checkpoint_keeps_its_token_conv(tmp_path):
     assert T.main(["--smoke", "--no-progress", "--out-dir", str(out / "ck"), "--log-dir", str(out / "log"),
                    "--steps", "1", "--init-from", str(ck)]) == 0
     assert load_checkpoint("smoke-msa", out / "ck")[0].cfg.token_conv == 3
+    third = tmp_path / "third"  # a warm start of a warm start: the record lists all three runs
+    assert T.main(["--smoke", "--no-progress", "--out-dir", str(third / "ck"), "--log-dir", str(third / "log"),
+                   "--steps", "1", "--init-from", str(out / "ck")]) == 0
+    tr = load_checkpoint("smoke-msa", third / "ck")[1]["train"]
+    assert [c["steps"] for c in tr["chain"]] == [1, 1, 1] and tr["total_steps"] == 3
+    assert len(tr["chain_commands"]) == 3 and "--init-from" in tr["chain_commands"][2]
     with pytest.raises(ValueError, match="token_conv=3 and this run 4; leave out --token-conv"):
         T.main(["--smoke", "--no-progress", "--out-dir", str(out / "ck2"), "--log-dir", str(out / "log2"),
                 "--steps", "1", "--init-from", str(ck), "--token-conv", "4"])
