@@ -31,7 +31,7 @@ def test_both_load_with_their_configs(tiny, dense):
     assert tiny.config.sparse and tiny.config.max_context is None
     assert not dense.config.sparse and dense.config.max_context == 204_800
     for m in (tiny, dense):
-        assert m.card["sha256"] and m.card["train"]["device"].startswith("NVIDIA")
+        assert m.card["sha256"] and "NVIDIA" in m.card["train"]["device"]  # a GPU ran (part of) the training
         assert m.net.n_params() * 2 <= 16 * 2**20  # the 16 MB budget, fp16
 
 
