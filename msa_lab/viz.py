@@ -239,6 +239,78 @@ def cost_figure(cfg: MSAConfig, lengths: Optional[Sequence[int]] = None, mode: s
     return fig
 
 
+# --------------------------------------------------------------------------- training curves
+def read_training_log(source) -> List[dict]:
+    """Rows of a training log: a model name ("msa-tiny" -> data/train/msa-tiny/log.jsonl) or a path."""
+    import json
+    from pathlib import Path
+
+    from .model.checkpoint import REPO_ROOT
+
+    path = Path(source)
+    if not path.suffix:
+        path = REPO_ROOT / "data" / "train" / str(source) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no training log at {path}: pass a model name with a log in data/train/ "
+                                f"(msa-tiny, dense-200k) or the path of a log.jsonl written by msa_lab.train.")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _smooth(x: np.ndarray, y: np.ndarray, max_points: int, window: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Running mean over ``window`` steps, then at most ``max_points`` points."""
+    if len(y) == 0:
+        return x, y
+    w = max(1, min(window, len(y)))
+    c = np.cumsum(np.insert(y.astype(float), 0, 0.0))
+    ys = (c[w:] - c[:-w]) / w
+    xs = x[w - 1:]
+    step = max(1, -(-len(ys) // max_points))
+    return xs[::step], ys[::step]
+
+
+def training_curves(source="msa-tiny", max_points: int = 300, window: int = 25, title: Optional[str] = None):
+    """Loss curves of a training log: answer loss per task (top) and the indexer's KL (bottom), per step.
+
+    Runs of a warm-start chain (field "run") are separated by dotted lines and labelled; steps trained
+    sparse are shaded. Each trace is a running mean over ``window`` steps of that task, with at most
+    ``max_points`` points.
+    """
+    go = _go()
+    from plotly.subplots import make_subplots
+
+    rows = read_training_log(source)
+    if not rows:
+        raise ValueError(f"the training log of {source!r} is empty")
+    step = np.array([r["step"] for r in rows])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.65, 0.35],
+                        subplot_titles=("answer loss per task (nats per answer byte, running mean)",
+                                        "indexer KL to the dense block mass"))
+    for task in sorted({r["task"] for r in rows}):
+        sel = [i for i, r in enumerate(rows) if r["task"] == task and r.get("lm_loss") is not None]
+        x, y = _smooth(step[sel], np.array([rows[i]["lm_loss"] for i in sel]), max_points, window)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=task, line=dict(width=1.5)), row=1, col=1)
+    kl = [i for i, r in enumerate(rows) if r.get("kl") is not None]
+    x, y = _smooth(step[kl], np.array([rows[i]["kl"] for i in kl]), max_points, window)
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="KL", line=dict(color="black", width=1.5)), row=2, col=1)
+    sparse = np.array([r.get("phase") == "sparse" for r in rows])
+    edges = np.flatnonzero(np.diff(np.r_[0, sparse.astype(int), 0]))
+    for a, b in zip(edges[::2], edges[1::2]):  # shade every sparse stretch
+        fig.add_vrect(x0=step[a], x1=step[b - 1], fillcolor="#fdd0a2", opacity=0.25, line_width=0)
+    runs = [r.get("run") for r in rows]
+    for i in range(len(rows)):
+        if i == 0 or runs[i] != runs[i - 1]:
+            if i:
+                fig.add_vline(x=step[i], line=dict(color="grey", dash="dot", width=1))
+            if runs[i] is not None:
+                fig.add_annotation(x=step[i], y=1.0, yref="paper", text=f"run {runs[i]}", showarrow=False,
+                                   xanchor="left", font=dict(size=10, color="grey"))
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_xaxes(title_text="step (shaded: trained sparse)", row=2, col=1)
+    fig.update_layout(title=title or f"{source}: training curves", height=560,
+                      legend=dict(font=dict(size=10)), margin=dict(t=80))
+    return fig
+
+
 def payload_size(fig) -> int:
     """Numbers the figure's traces send to the browser (array elements over all traces)."""
     total = 0

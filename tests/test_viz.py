@@ -234,3 +234,35 @@ def test_sampled_selection_rejects_bad_positions():
         demo_data.select_blocks_sampled(iq, ik, [3, 10], MSAConfig(block_size=4, top_k=2))
     with pytest.raises(ValueError, match="one position per row"):
         demo_data.select_blocks_sampled(iq, ik, [3], MSAConfig(block_size=4, top_k=2))
+
+
+def test_training_curves_per_task_runs_and_sparse_shading(tmp_path):
+    import json
+
+    from msa_lab.viz import payload_size, training_curves
+
+    rows = [{"run": "1" if s <= 600 else "2", "step": s, "task": ("copy", "niah_single")[s % 2],
+             "phase": "dense" if s <= 300 else "sparse", "lm_loss": 3.0 / s, "kl": 0.1} for s in range(1, 1001)]
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = training_curves(log, max_points=100, window=10)
+    names = [t.name for t in fig.data]
+    assert names == ["copy", "niah_single", "KL"]
+    assert payload_size(fig) <= 3 * 2 * 100  # downsampled: never one point per step
+    copy = fig.data[0]
+    assert list(copy.y) == sorted(copy.y, reverse=True)  # the loss falls, and the running mean keeps it so
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(lines) == 2 and {ln.x0 for ln in lines} == {601}  # one run boundary, drawn on both panels
+    assert len(rects) == 2 and {(r.x0, r.x1) for r in rects} == {(301, 1000)}  # the sparse stretch
+    assert [a.text for a in fig.layout.annotations if a.text.startswith("run")] == ["run 1", "run 2"]
+    with pytest.raises(FileNotFoundError, match="no training log"):
+        training_curves("no-such-model")
+
+
+def test_training_curves_of_the_shipped_models():
+    from msa_lab.viz import training_curves
+
+    for name in ("msa-tiny", "dense-200k"):
+        fig = training_curves(name)
+        assert {"niah_single", "KL"} <= {t.name for t in fig.data}
