@@ -95,6 +95,7 @@ class TrainConfig:
     init_from: Optional[str] = None  # directory of a checkpoint to warm-start from (fresh optimizer)
     init_model: Optional[str] = None  # the model name to take from init_from (None: this run's model)
     token_conv: Optional[int] = None  # ModelConfig.token_conv override (None: the preset's, 0 = off)
+    image_size: Optional[int] = None  # ModelConfig.image_size override (None: the warm start's, else the preset's)
     save_every: float = 5.0
     smoke: bool = False
     progress: bool = True
@@ -382,11 +383,11 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     source = source or net.cfg.name
     src, _ = load_checkpoint(source, Path(directory), device="cpu")
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
-                token_conv=net.cfg.token_conv)
+                token_conv=net.cfg.token_conv, image_size=net.cfg.image_size)
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
-                         f"{net.cfg.name} beyond attention, context limit and token_conv; start from scratch or "
-                         f"use a matching checkpoint.")
+                         f"{net.cfg.name} beyond attention, context limit, token_conv and image size; start from "
+                         f"scratch or use a matching checkpoint.")
     if src.cfg.token_conv and src.cfg.token_conv != net.cfg.token_conv:
         raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "
                          f"{net.cfg.token_conv}; leave out --token-conv (the checkpoint's is used) or pass "
@@ -394,6 +395,8 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     own = net.state_dict()
     state = {k: v.float() for k, v in src.state_dict().items()
              if net.cfg.sparse or not k.endswith(("wiq.weight", "wik.weight"))}  # dense-200k has no index branch
+    if state["patch_pos.weight"].shape != own["patch_pos.weight"].shape:  # --image-size changed the patch grid
+        state["patch_pos.weight"] = resize_patch_pos(state["patch_pos.weight"], net.cfg.patches_per_image)
     for k, v in state.items():  # TokenConv paths: q, k, v, then (msa only) iq, ik; missing paths keep their init
         if k.endswith("token_conv.weight") and v.shape != own[k].shape:
             n = min(v.shape[0], own[k].shape[0])
@@ -526,17 +529,31 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
 # ---------------------------------------------------------------------------- main loop
 def build_model_config(tc: TrainConfig) -> ModelConfig:
     cfg = small_config("msa", name="smoke-msa") if tc.smoke else model_config(tc.model)
-    if tc.token_conv is not None:
-        return cfg.replace(token_conv=tc.token_conv)
-    if tc.init_from:  # the warm start's architecture: its TokenConv comes with it unless overridden
+    src: dict = {}
+    if tc.init_from:  # the warm start's architecture (TokenConv, image size) comes with it unless overridden
         from .model.checkpoint import CheckpointNotFound, read_meta
 
         try:
-            meta = read_meta(tc.init_model or cfg.name, Path(tc.init_from))
+            src = read_meta(tc.init_model or cfg.name, Path(tc.init_from))["config"]
+            src.setdefault("token_conv", 0)  # written before TokenConv existed
         except CheckpointNotFound:
-            return cfg  # warm_start names the missing file
-        return cfg.replace(token_conv=meta["config"].get("token_conv", 0))
-    return cfg
+            pass  # warm_start names the missing file
+    conv = tc.token_conv if tc.token_conv is not None else src.get("token_conv", cfg.token_conv)
+    return cfg.replace(token_conv=conv, image_size=tc.image_size or src.get("image_size", cfg.image_size))
+
+
+def resize_patch_pos(weight: torch.Tensor, patches: int) -> torch.Tensor:
+    """Patch-position embeddings [P, d] of a g x g grid -> [patches, d], bicubic over the grid.
+
+    A warm start at another image size (ViT-style): each new slot starts from the embedding of the
+    same place in the image, so what the network learned about layout carries over.
+    """
+    g_old, g_new = math.isqrt(weight.shape[0]), math.isqrt(patches)
+    if g_old * g_old != weight.shape[0] or g_new * g_new != patches:
+        raise ValueError(f"patch grids must be square: {weight.shape[0]} -> {patches} slots")
+    grid = weight.float().T.reshape(1, -1, g_old, g_old)
+    out = F.interpolate(grid, size=(g_new, g_new), mode="bicubic", align_corners=False)
+    return out.reshape(-1, patches).T.contiguous()
 
 
 def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
@@ -689,6 +706,9 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--token-conv", type=int, default=None, metavar="WIDTH",
                     help="causal convolution over the last WIDTH positions before each attention (0: off; "
                          "see ModelConfig.token_conv); warm-starting from a checkpoint without it is allowed")
+    ap.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
+                    help="images are resized to PIXELS x PIXELS (a multiple of the patch size; default: the "
+                         "warm start's, else 64); a warm start at another size interpolates the patch positions")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default=None)
     ap.add_argument("--backend", default=None, choices=["triton", "torch", "reference"],

@@ -277,3 +277,34 @@ def test_card_eval_text_gives_niah_by_length_and_flags_other_weights():
     assert "4,096: 0.75 (4)" in text and "65,536: 0.00 (1)" in text and "H100" in text
     assert not text.startswith("STALE")
     assert _eval_text(res, "bbb").startswith("STALE")
+
+
+def test_resize_patch_pos_keeps_the_layout():
+    g = torch.arange(4.0)
+    ramp = (g[:, None] * 10 + g[None, :]).reshape(16, 1).repeat(1, 3)  # [16 slots, d=3]: row * 10 + column
+    out = T.resize_patch_pos(ramp, 64)
+    assert out.shape == (64, 3)
+    grid = out[:, 0].reshape(8, 8)
+    assert (grid.diff(dim=0) > 0).all() and (grid.diff(dim=1) > 0).all()  # still increasing down and across
+    assert torch.allclose(T.resize_patch_pos(ramp, 16), ramp, atol=1e-5)  # same grid: unchanged
+    with pytest.raises(ValueError, match="square"):
+        T.resize_patch_pos(ramp, 48)
+
+
+def test_image_size_change_warm_starts_and_is_kept(tmp_path):
+    """--image-size on a warm start: the patch grid is interpolated, the run trains, the next warm start
+    keeps the new size without the flag; a size that does not tile the patches is refused by name."""
+    torch.set_num_threads(1)
+    assert T.main(_args(tmp_path, "--steps", "1")) == 0
+    ck = tmp_path / "ck"
+    small = load_checkpoint("smoke-msa", ck)[0]
+    big_dir = tmp_path / "big"
+    assert T.main(["--smoke", "--no-progress", "--out-dir", str(big_dir / "ck"), "--log-dir", str(big_dir / "log"),
+                   "--steps", "1", "--init-from", str(ck), "--image-size", str(2 * small.cfg.image_size)]) == 0
+    big = load_checkpoint("smoke-msa", big_dir / "ck")[0]
+    assert big.cfg.image_size == 2 * small.cfg.image_size
+    assert big.patch_pos.weight.shape[0] == 4 * small.patch_pos.weight.shape[0]
+    assert T.build_model_config(T.TrainConfig(smoke=True, init_from=str(big_dir / "ck"))).image_size == \
+        big.cfg.image_size
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        T.build_model_config(T.TrainConfig(smoke=True, image_size=small.cfg.image_size + 3))
