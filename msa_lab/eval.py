@@ -278,7 +278,8 @@ def default_lengths(model: Model, quick: bool = False) -> Tuple[int, ...]:
         return (1024, 4096)
     if model.device.type != "cuda":
         return (1024, 4096, 16384, 65536)
-    top = model.config.max_context or 1 << 20
+    # the dense model's longest prompt leaves room for the answer inside its limit, so nothing is truncated
+    top = model.config.max_context - NIAH_MAX_NEW_TOKENS if model.config.max_context else 1 << 20
     return tuple(n for n in (4096, 16384, 65536, 262144) if n < top) + (top,)
 
 

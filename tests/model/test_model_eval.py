@@ -65,3 +65,16 @@ def test_copy_scores_are_chance_for_an_untrained_model(model):
 
 def test_copied_mask_marks_string_bytes_past_the_cue():
     assert E._copied_mask("abcdef, ghijk", 4) == [False] * 4 + [True] * 2 + [False] * 2 + [False] * 4 + [True, False]
+
+
+def test_default_niah_lengths_by_device_and_model():
+    from types import SimpleNamespace
+
+    def fake(device, limit):
+        return SimpleNamespace(device=torch.device(device), config=SimpleNamespace(max_context=limit))
+
+    assert E.default_lengths(fake("cpu", None)) == (1024, 4096, 16384, 65536)
+    assert E.default_lengths(fake("cuda", None)) == (4096, 16384, 65536, 262144, 1 << 20)
+    # dense-200k: up to its limit, with room for the answer (a longer prompt would be truncated)
+    assert E.default_lengths(fake("cuda", 204_800)) == (4096, 16384, 65536, 204_800 - E.NIAH_MAX_NEW_TOKENS)
+    assert E.default_lengths(fake("cuda", 204_800), quick=True) == (1024, 4096)
