@@ -59,7 +59,7 @@ from .model.vision import prepare_image
 TEXT_TASKS = ("niah_single", "niah_multi_key", "niah_multi_value", "niah_multi_query", "variable_tracking",
               "synthetic_niah", "copy", "copy_random", "copy_lines")
 # built here (msa_lab.model.synthetic), not eval datasets; copy_random is copy in random-ASCII haystacks
-TRAIN_ONLY_TASKS = ("synthetic_niah", "copy", "copy_random", "copy_lines")
+TRAIN_ONLY_TASKS = ("synthetic_niah", "copy", "copy_random", "copy_lines", "image_colour")
 DEFAULT_TASKS = ("niah_single:3,niah_multi_key:1,niah_multi_value:1,niah_multi_query:1,variable_tracking:1,"
                  "image_qa:2,gui:2,video:1")
 
@@ -142,10 +142,12 @@ class TaskSource:
         return rng.choices(names, weights=[self.weights[n] for n in names])[0]
 
     def examples(self, task: str, n: int, seed: int, seq_len: int) -> List[dict]:
-        from .model.synthetic import iter_copy, iter_synthetic_niah
+        from .model.synthetic import iter_copy, iter_image_colour, iter_synthetic_niah
 
         if task == "synthetic_niah":
             return list(iter_synthetic_niah(n, seed, length=seq_len))
+        if task == "image_colour":
+            return list(iter_image_colour(n, seed))
         if task in ("copy", "copy_random", "copy_lines"):
             haystack = {"copy": "stdlib", "copy_random": "random", "copy_lines": "none"}[task]
             return list(iter_copy(n, seed, length=seq_len, num_strings=needles_for(seq_len, seed), haystack=haystack))

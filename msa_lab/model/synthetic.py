@@ -138,3 +138,26 @@ def _random_context(rng: random.Random, length: int, inserts, question: str) -> 
         out += [hay[at:cut], "\n", text, "\n"]
         at = cut
     return "".join(out) + hay[at:] + "\n" + question
+
+
+def iter_image_colour(n: int, seed: int) -> Iterator[dict]:
+    """n training examples with one large shape on a light background: "What colour is the shape?".
+
+    Why: the shipped models answer image questions from the question alone (the same answer whatever
+    the image; data/train/probes/vision-2026-11-27/). This is the easiest question whose answer only the
+    pixels hold: like `copy_lines` for retrieval, a first step that gives the image pathway a gradient.
+    """
+    from PIL import Image, ImageDraw
+
+    from ..tasks.draw import BACKGROUNDS, COLOURS, SHAPES, draw_shape
+
+    for i in range(n):
+        rng = random.Random(f"msa-lab/image_colour/{seed}/{i}")
+        w, h = rng.randint(64, 256), rng.randint(64, 256)
+        img = Image.new("RGB", (w, h), rng.choice(BACKGROUNDS))
+        colour = rng.choice(list(COLOURS))
+        side = int(min(w, h) * rng.uniform(0.5, 0.9))
+        x0, y0 = rng.randint(0, w - side), rng.randint(0, h - side)
+        draw_shape(ImageDraw.Draw(img), rng.choice(SHAPES), (x0, y0, x0 + side, y0 + side), COLOURS[colour])
+        yield {"id": f"image_colour-s{seed}-{i:06d}", "task": "image_colour",
+               "prompt": "<image>\nWhat colour is the shape?", "images": [img], "answer": colour, "meta": "{}"}

@@ -308,3 +308,21 @@ def test_image_size_change_warm_starts_and_is_kept(tmp_path):
         big.cfg.image_size
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         T.build_model_config(T.TrainConfig(smoke=True, image_size=small.cfg.image_size + 3))
+
+
+def test_image_colour_examples_show_their_answer():
+    """The training-only image task: the answer's colour is the most common non-background pixel colour."""
+    from msa_lab.model.synthetic import iter_image_colour
+    from msa_lab.tasks.draw import BACKGROUNDS, COLOURS
+
+    exs = list(iter_image_colour(8, 3))
+    assert [e["id"] for e in exs] == [e["id"] for e in iter_image_colour(8, 3)]  # deterministic
+    assert len({e["answer"] for e in exs}) > 2
+    for e in exs:
+        img = e["images"][0]
+        counts = sorted(((c, rgb) for c, rgb in img.getcolors(1 << 16) if rgb not in BACKGROUNDS), reverse=True)
+        assert counts[0][1] == COLOURS[e["answer"]]
+        assert e["prompt"].count("<image>") == 1
+    src = T.TaskSource(T.parse_tasks("image_colour:1"))
+    batch = T.make_batch(src.examples("image_colour", 3, 0, 128), small_config("msa"), "image_colour", 8)
+    assert batch.patches.shape[0] == 3 * small_config("msa").patches_per_image and batch.answer_mask.any()
