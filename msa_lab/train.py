@@ -413,7 +413,9 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
 
 
 def warm_start_record(name: str, directory: str) -> dict:
-    meta = json.loads((Path(directory) / f"{name}.json").read_text())
+    from .model.checkpoint import read_meta
+
+    meta = read_meta(name, Path(directory))
     tr = meta.get("train", {})
     # totals, not the last run's figures: the warm start may itself continue earlier runs
     rec = {"sha256": meta["sha256"], "steps": tr.get("total_steps", tr.get("steps")),

@@ -19,15 +19,11 @@ import torch
 from msa_lab.api import load_model
 from msa_lab.eval import _examples, _norm
 from msa_lab.model.synthetic import iter_image_colour
-from msa_lab.model.tokens import encode_prompt
-from msa_lab.model.vision import prepare_image
 
 
 @torch.no_grad()
 def first_byte_probs(model, prompt: str, image) -> torch.Tensor:
-    cfg = model.config
-    enc = encode_prompt(prompt, [prepare_image(image, cfg.image_size)], image_size=cfg.image_size,
-                        patch_size=cfg.patch_size)
+    enc = model.encode(prompt, [image])
     logits = model.net(enc.ids[None].to(model.device), enc.patches.to(model.device), enc.patch_slot.to(model.device))
     return torch.softmax(logits[0, -1].float(), -1).cpu()
 

@@ -185,6 +185,7 @@ class PrefillStepper(FigureExport):
         self.dense_lengths = tuple(int(n) for n in dense_lengths)
         self._matmul = matmul_params(model)
         self.dense_points: List[Tuple[int, float]] = []  # (tokens, seconds) measured with dense_model
+        self._dense_warm = False  # set after the one untimed warm-up prefill of dense_model
         self.message = ""
         self.redraw_seconds = 0.0
         self.redraws = 0
@@ -351,11 +352,13 @@ class PrefillStepper(FigureExport):
         done = dict(self.dense_points)
         # untimed warm-up (two chunks): the first dense call pays CUDA/cuBLAS set-up, 5.9 s on an H100 in
         # notebook 03 at 1M, which would otherwise be charged to the shortest length
-        warm = min(want[0], 8192)
-        with _torch_threads(self.torch_threads):
-            for _ in self.dense_model.engine.prefill_steps(enc.slice(0, warm), max(1, min(chunk, warm // 2))):
-                pass
-        self.dense_model.engine.last_cache = None
+        if not self._dense_warm:
+            warm = min(want[0], 8192)
+            with _torch_threads(self.torch_threads):
+                for _ in self.dense_model.engine.prefill_steps(enc.slice(0, warm), max(1, min(chunk, warm // 2))):
+                    pass
+            self.dense_model.engine.last_cache = None
+            self._dense_warm = True
         for n in want:
             self._show(f"measuring dense prefill at {n:,} tokens ...")
             with _torch_threads(self.torch_threads):

@@ -250,18 +250,19 @@ def test_training_needle_counts_fit_short_prompts(task, length):
 
 def test_warm_start_record_keeps_the_whole_chain(tmp_path):
     """A warm start of a warm start reports every run: totals, not the parent's last run alone."""
+    from msa_lab.model.checkpoint import FORMAT
     from msa_lab.train import warm_start_record
 
     chain = [{"run": "1 a", "steps": 10, "tokens": 100, "seconds": 5.0},
              {"run": "2 b", "steps": 3, "tokens": 30, "seconds": 1.0}]
     train = {"steps": 3, "tokens": 30, "seconds": 1.0, "total_steps": 13, "total_tokens": 130, "total_seconds": 6.0,
              "chain": chain, "chain_commands": ["cmd a", "cmd b"], "command": "cmd b"}
-    (tmp_path / "msa-tiny.json").write_text(json.dumps({"sha256": "x", "train": train}))
+    (tmp_path / "msa-tiny.json").write_text(json.dumps({"format": FORMAT, "sha256": "x", "train": train}))
     rec = warm_start_record("msa-tiny", str(tmp_path))
     assert (rec["steps"], rec["tokens"], rec["seconds"]) == (13, 130, 6.0)
     assert rec["chain"] == chain and rec["chain_commands"] == ["cmd a", "cmd b"]
     train = {"steps": 7, "tokens": 70, "seconds": 2.0, "command": "cmd"}  # a single run starts a chain of one
-    (tmp_path / "msa-tiny.json").write_text(json.dumps({"sha256": "x", "train": train}))
+    (tmp_path / "msa-tiny.json").write_text(json.dumps({"format": FORMAT, "sha256": "x", "train": train}))
     rec = warm_start_record("msa-tiny", str(tmp_path))
     assert [c["steps"] for c in rec["chain"]] == [7] and rec["chain_commands"] == ["cmd"]
 
