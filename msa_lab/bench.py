@@ -894,7 +894,7 @@ class Bench:
         self.t0 = time.perf_counter()
         self.rows: list[Row] = []
         self.rates: dict = {}  # measured FLOP/s (or B/s) per row name: predicts the next length's time
-        self.sdpa_rank: dict = {}  # mode -> SDPA ways, fastest first (probed once per mode)
+        self.sdpa_rank: dict = {}  # mode -> SDPA ways, fastest first (prefill: once; decode: per length and batch)
         self._flex = None
         self.flex_compile_s = args.flex_compile_s  # then what the last Flex compile took
         self.meta = self._meta()
@@ -1172,15 +1172,21 @@ class Bench:
         self.run_row(Row("dense_sdpa", **tag), lambda row: self._dense(row, q, k, v, n, n, f_dense, "prefill"),
                      self.predict("dense_sdpa", f_dense))
 
-    def _probe_sdpa(self, q, k, n_q: int, n_k: int) -> dict:
-        """ms of every SDPA way on side inputs of the same heads, at most 8K keys (cheap), or its error."""
-        n_k2 = min(n_k, 8192)
-        n_q2 = n_k2 if n_q == n_k else n_q
-        B, Hq, _, D = q.shape
-        gen = torch.Generator(device=self.device).manual_seed(self.args.seed + 99)
-        kw = dict(device=self.device, dtype=q.dtype, gen=gen)
-        q2, k2, v2 = (_rand((B, Hq, n_q2, D), **kw), _rand((B, k.shape[1], n_k2, D), **kw),
-                      _rand((B, k.shape[1], n_k2, D), **kw))
+    def _probe_sdpa(self, q, k, v, n_q: int, n_k: int, real: bool = False) -> dict:
+        """ms of every SDPA way, or its error. Prefill: side inputs of the same heads at <= 8K keys (a 1M
+        prefill takes ~37 s a call). Decode (real=True): the row's own inputs, because the ranking flips with
+        length (m3, B=1, 1 token on an H100: cuDNN with queries packed per group is fastest at 8K keys and
+        16x slower than cuDNN with enable_gqa at 1M)."""
+        if real:
+            q2, k2, v2, n_q2, n_k2 = q, k, v, n_q, n_k
+        else:
+            n_k2 = min(n_k, 8192)
+            n_q2 = n_k2 if n_q == n_k else n_q
+            B, Hq, _, D = q.shape
+            gen = torch.Generator(device=self.device).manual_seed(self.args.seed + 99)
+            kw = dict(device=self.device, dtype=q.dtype, gen=gen)
+            q2, k2, v2 = (_rand((B, Hq, n_q2, D), **kw), _rand((B, k.shape[1], n_k2, D), **kw),
+                          _rand((B, k.shape[1], n_k2, D), **kw))
         probe = {}
         for label, fn in sdpa_candidates(q2, k2, v2, n_q2, n_k2):
             try:
@@ -1195,7 +1201,7 @@ class Bench:
         row.flops = flops
         row.bytes = k.nbytes + v.nbytes if mode != "prefill" else None  # decode: the KV cache read
         if mode not in self.sdpa_rank:
-            probe = self._probe_sdpa(q, k, n_q, n_k)
+            probe = self._probe_sdpa(q, k, v, n_q, n_k, real=mode.startswith("decode"))
             ok = {lb: ms for lb, ms in probe["ms"].items() if isinstance(ms, float)}
             self.sdpa_rank[mode] = sorted(ok, key=ok.get) + [lb for lb in probe["ms"] if lb not in ok]
             row.notes["probe"] = probe
@@ -1352,7 +1358,7 @@ class Bench:
         x = inps[0]
         del inps[1:]  # dense decode streams the whole cache: far beyond L2, one set is enough
         self.free()
-        mode = f"decode{n_new}"
+        mode = f"decode{n_new}/{n}/{batch}"  # ranked on this row's own inputs (see _probe_sdpa)
         self.run_row(Row("dense_decode", **tag),
                      lambda row: self._dense(row, x["q"], x["k"], x["v"], n_new, n, f_dense, mode),
                      2 * self.args.target_s + 1)

@@ -509,6 +509,21 @@ def test_cpu_smoke_run_records_every_row_and_its_failures(tmp_path, monkeypatch,
     assert "| tiny | 128 |" in capsys.readouterr().out  # the short table comes last
 
 
+def test_dense_decode_is_ranked_on_each_rows_own_inputs(tmp_path, monkeypatch):
+    """The fastest SDPA way for decode changes with the cache length (an 8K-key probe picked a way that is
+    16x slower at 1M on an H100), so every decode length and batch is ranked on the row's own inputs."""
+    monkeypatch.setattr(B, "_kernels", _fake_kernels)
+    out = tmp_path / "r.json"
+    assert B.main(SMOKE + ["--out", str(out), "--lengths", "", "--decode-lengths", "256,320",
+                           "--decode-batches", "1,2", "--decode-new-tokens", "1"]) == 0
+    dense = [r for r in B.load_json(out)["rows"] if r["name"] == "dense_decode"]
+    assert len(dense) == 4
+    for r in dense:
+        probe = r["notes"]["probe"]
+        assert (probe["n_k"], probe["n_q"]) == (r["n"], r["nq"])
+        assert r["notes"]["backend"] + "/" + r["notes"]["gqa"] in probe["ms"]
+
+
 def test_cpu_smoke_run_budget_skips_with_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "_kernels", _fake_kernels)
     out = tmp_path / "r.json"
