@@ -331,6 +331,28 @@ def _sm_count(device: torch.device) -> int:
     return 1  # interpreter: programs run one after another, fewer is faster
 
 
+def _waves(n_q: int) -> int:
+    """Programs per SM the key-chunk split aims for. Fewer chunks = fewer top-k candidates for the merge
+    kernel (one program per row), more = more loads in flight. Measured on an H100, m3, 1M keys, one new
+    token, each setting its own bench process (data/bench/2026-11-27-nvidia-h100-80gb-hbm3-decode-waves*.json),
+    MSA step in ms at 1 / 2 / 4 waves:
+      batch 1, CUDA graphs 0.116 / 0.127 / 0.139; eager 0.307 / 0.289 / 0.245 (eager is host-bound there);
+      batch 8, CUDA graphs 0.741 / 0.719 / 0.723; eager 0.748 / 0.724 / 0.727.
+    Decode takes 2: the best at batch 8 either way, and at batch 1 better than 4 under graphs without
+    halving the eager rate as 1 does. Prefill keeps 4 (its query tiles fill the GPU from 16K tokens on).
+    MSA_LAB_INDEXER_WAVES overrides it (tuning runs)."""
+    text = os.environ.get("MSA_LAB_INDEXER_WAVES")
+    if text is None:
+        return 4 if n_q > 16 else 2
+    try:
+        waves = int(text)
+    except ValueError:
+        waves = 0
+    if waves < 1:
+        raise ValueError(f"MSA_LAB_INDEXER_WAVES must be a positive int (programs per SM), got {text!r}.")
+    return waves
+
+
 def _plan(iq, ik, cfg, key_chunks):
     B, Hkv, Nq, Di = iq.shape
     Hik, Nk = ik.shape[1], ik.shape[2]
@@ -345,9 +367,9 @@ def _plan(iq, ik, cfg, key_chunks):
     while block_n > 16 and Di * block_n * iq.element_size() > _TILE_BYTES:
         block_n //= 2
     nsub = triton.cdiv(bs, block_n)
-    if key_chunks is None:  # enough programs for ~4 waves, each chunk streaming a useful run of ik
+    if key_chunks is None:  # enough programs for a few waves (_waves), each chunk streaming a useful run of ik
         tiles = B * n_gc * triton.cdiv(Nq, 128 // groups)  # query tiles at the larger BLOCK_M
-        n_kc = min(triton.cdiv(4 * _sm_count(iq.device), tiles), triton.cdiv(nb, _MIN_BLOCKS_PER_CHUNK))
+        n_kc = min(triton.cdiv(_waves(Nq) * _sm_count(iq.device), tiles), triton.cdiv(nb, _MIN_BLOCKS_PER_CHUNK))
     else:  # tests: any split, even one block per chunk
         if not isinstance(key_chunks, int) or key_chunks < 1:
             raise ValueError(f"key_chunks must be a positive int or None (automatic); got {key_chunks!r}.")

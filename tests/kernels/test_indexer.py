@@ -250,3 +250,22 @@ def test_bad_input_is_refused(make, match):
 def test_random_shapes(B, Hkv, shared, Nk, q_frac, Di, bs, extra_k, dtype, kc, seed):
     Nq = max(1, round(q_frac * Nk))
     run_case(B, Hkv, 1 if shared else Hkv, Nq, Nk, Di, bs, 2 + extra_k, dtype, kc, seed=seed)
+
+
+def test_indexer_waves_knob_sets_the_decode_key_split(monkeypatch):
+    """MSA_LAB_INDEXER_WAVES (a tuning knob) scales the key chunks of a decode-shaped call; bad values are named."""
+    cfg = MSAConfig(block_size=64, top_k=4)
+    iq, ik = torch.randn(1, 2, 1, 32), torch.zeros(1, 1, 1, 32).expand(1, 1, 64 * 4096, 32)  # 4,096 key blocks
+    monkeypatch.setattr(I, "_sm_count", lambda device: 132)
+    monkeypatch.delenv("MSA_LAB_INDEXER_WAVES", raising=False)
+    assert I._plan(iq, ik, cfg, None)["n_kc"] == 264  # decode default: 2 waves
+    assert I._plan(iq.expand(8, 2, 1, 32), ik.expand(8, 1, -1, 32), cfg, None)["n_kc"] == 33  # 8 tiles share them
+    assert I._plan(iq.expand(1, 2, 4096, 32), ik, cfg, None)["n_kc"] == 9  # prefill: 4 waves over 64 query tiles
+    chunks = {}
+    for w in ("1", "4"):
+        monkeypatch.setenv("MSA_LAB_INDEXER_WAVES", w)
+        chunks[w] = I._plan(iq, ik, cfg, None)["n_kc"]
+    assert chunks == {"1": 132, "4": 512}  # 4 waves: 528 programs, capped at 8 blocks per chunk (4,096 / 8)
+    monkeypatch.setenv("MSA_LAB_INDEXER_WAVES", "0")
+    with pytest.raises(ValueError, match="MSA_LAB_INDEXER_WAVES"):
+        I._plan(iq, ik, cfg, None)
