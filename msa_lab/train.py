@@ -385,10 +385,12 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     source = source or net.cfg.name
     src, _ = load_checkpoint(source, Path(directory), device="cpu")
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
-                token_conv=net.cfg.token_conv, image_size=net.cfg.image_size)
+                token_conv=net.cfg.token_conv, image_size=net.cfg.image_size,
+                length_scale_base=net.cfg.length_scale_base)  # inference-only: no weight depends on it
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
-                         f"{net.cfg.name} beyond attention, context limit, token_conv and image size; start from "
+                         f"{net.cfg.name} beyond attention, context limit, length scale, token_conv and image size; "
+                         f"start from "
                          f"scratch or use a matching checkpoint.")
     if src.cfg.token_conv and src.cfg.token_conv != net.cfg.token_conv:
         raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "
@@ -443,6 +445,7 @@ CARD_MODEL = """
 | attention | {attention} |
 | parameters | {n_params:,} ({bytes_mib:.1f} MiB fp16) |
 | context limit | {limit} |
+| length extrapolation | {length_scale} |
 | steps | {steps:,} |
 | tokens seen | {tokens:,} |
 | training time | {minutes:.1f} min on {device} |
@@ -520,6 +523,11 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
         parts.append(CARD_MODEL.format(
             name=meta["name"], attention=cfg["attention"], n_params=meta["n_params"], bytes_mib=meta["bytes"] / 2**20,
             limit=f"{cfg['max_context']:,} tokens" if cfg.get("max_context") else "none (memory-bound)",
+            length_scale=(f"logits x ln(n) / ln({cfg['length_scale_base']:,}) for a query seeing n > "
+                          f"{cfg['length_scale_base']:,} keys (`ModelConfig.length_scale_base`; inference only)"
+                          if cfg.get("length_scale_base") else
+                          ("none needed: the MSA softmax spans at most top_k blocks" if cfg["attention"] == "msa"
+                           else "none")),
             steps=tr.get("total_steps", tr.get("steps", 0)), tokens=tr.get("total_tokens", tr.get("tokens", 0)),
             minutes=tr.get("total_seconds", tr.get("seconds", 0)) / 60,
             device=tr.get("device", "?"), final_loss=tr.get("final_loss", "?"), sha256=meta["sha256"],

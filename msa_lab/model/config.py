@@ -60,6 +60,13 @@ class ModelConfig:
     patch_size: int = 8
     # --- limits ---
     max_context: Optional[int] = None  # hard limit in tokens (dense-200k: 204,800); None = memory-bound only
+    # --- length extrapolation of dense attention (None = off) ---
+    # a query row with n visible keys, n > length_scale_base, has its logits multiplied by
+    # ln(n) / ln(length_scale_base) ("log-n" scaling, as in Qwen's logn attention and YaRN's temperature):
+    # a softmax over 25x more keys than in training otherwise spreads its mass over them, and the needle's
+    # weight drowns. MSA needs none: its softmax always spans at most top_k * block_size keys.
+    # Inference-only: rows with n <= length_scale_base (every training row) are unchanged.
+    length_scale_base: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -87,6 +94,11 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.vocab_size={self.vocab_size} must be >= 264 (256 bytes + 8 specials).")
         if self.max_context is not None and (not isinstance(self.max_context, int) or self.max_context <= 0):
             raise ValueError(f"ModelConfig.max_context must be a positive int or None, got {self.max_context!r}")
+        if self.length_scale_base is not None and (not isinstance(self.length_scale_base, int)
+                                                   or isinstance(self.length_scale_base, bool)
+                                                   or self.length_scale_base < 2):
+            raise ValueError(f"ModelConfig.length_scale_base must be None (off) or an int >= 2 (tokens), got "
+                             f"{self.length_scale_base!r}.")
         self.msa_config()  # validates heads/top_k/forcing through MSAConfig's own checks
 
     # ------------------------------------------------------------------ derived
@@ -130,7 +142,10 @@ class ModelConfig:
 
 
 MSA_TINY = ModelConfig(name="msa-tiny", attention="msa")
-DENSE_200K = ModelConfig(name="dense-200k", attention="dense", max_context=DENSE_200K_LIMIT)
+# length_scale_base 4096: measured on an H100 with the shipped weights (scripts/length_scale_probe.py,
+# data/eval/dense-200k.length_scale-*.json): NIAH at 204,752 tokens 0/6 without scaling, 6/6 with base 4096,
+# 4/6 with 8192, 1/6 with 16384; 16K and 64K stay 1.00 with every base.
+DENSE_200K = ModelConfig(name="dense-200k", attention="dense", max_context=DENSE_200K_LIMIT, length_scale_base=4096)
 MODEL_CONFIGS = {c.name: c for c in (MSA_TINY, DENSE_200K)}
 
 

@@ -11,6 +11,8 @@ loss of msa_lab.model.indexer (no gradient flows between indexer and main branch
 """
 from __future__ import annotations
 
+import math
+
 from typing import Callable, Optional
 
 import torch
@@ -71,6 +73,12 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+def length_scale(n_k: int, n_q: int, base: int, like: torch.Tensor) -> torch.Tensor:
+    """Per-row logit factor [1, 1, Nq, 1]: max(1, ln(visible keys) / ln(base)); query i sees n_k - n_q + i + 1."""
+    visible = torch.arange(n_k - n_q + 1, n_k + 1, device=like.device, dtype=torch.float32)
+    return (visible.log() / math.log(base)).clamp(min=1.0).to(like.dtype).view(1, 1, -1, 1)
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -224,6 +232,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v, ik = cache.append(k, v, ik)  # now the whole prefix: [B, Hkv, Nk, D]
         scale = self.msa.softmax_scale()
+        if not cfg.sparse and cfg.length_scale_base is not None and k.shape[2] > cfg.length_scale_base:
+            q = q * length_scale(k.shape[2], q.shape[2], cfg.length_scale_base, q)
         idx = None
         if mode == "ops":
             if cfg.sparse:

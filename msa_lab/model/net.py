@@ -65,6 +65,22 @@ class MSATransformer(nn.Module):
             if isinstance(m, TokenConv):
                 m.reset_identity()
 
+    INFERENCE_FIELDS = ("length_scale_base",)  # config fields no weight depends on
+
+    def set_inference_config(self, **changes) -> ModelConfig:
+        """Change config fields that no weight depends on (``length_scale_base``), in place, in every layer.
+
+        Lets an eval compare settings of one loaded checkpoint; other fields change shapes: rebuild."""
+        bad = sorted(set(changes) - set(self.INFERENCE_FIELDS))
+        if bad:
+            raise ValueError(f"set_inference_config changes only {self.INFERENCE_FIELDS}; {bad} change the weights' "
+                             f"shapes or meaning: build a new model (MSATransformer(cfg)) instead.")
+        self.cfg = self.cfg.replace(**changes)  # validates
+        for m in self.modules():
+            if m is not self and isinstance(getattr(m, "cfg", None), ModelConfig):
+                m.cfg = self.cfg
+        return self.cfg
+
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

@@ -1,4 +1,6 @@
 """Forward pass: shapes, chunked prefill and decode == full forward, train path == inference path, positions."""
+import math
+
 import pytest
 import torch
 
@@ -238,3 +240,45 @@ def test_dense_lower_right_bias_equals_the_explicit_mask(nq, nk):
     got = dense_attention_lower_right(q, k, v, 0.2)
     assert float((got - want).norm() / want.norm()) < 1e-5
     assert not torch.allclose(got, dense_attention_lower_right(q, k, v.flip(2), 0.2))  # the keys matter
+
+
+def test_length_scale_leaves_rows_within_the_base_unchanged_and_scales_the_rest():
+    net = _net("dense")
+    enc = _enc(96, seed=3)
+    with torch.no_grad():
+        plain = net(enc.ids[None])[0]
+        net.set_inference_config(length_scale_base=40)
+        scaled = net(enc.ids[None])[0]
+    torch.testing.assert_close(scaled[:40], plain[:40], atol=0, rtol=0)  # <= 40 visible keys: factor 1
+    assert (scaled[40:] - plain[40:]).abs().amax(-1).min() > 1e-6  # every later row changes (row 41: x1.0067)
+    from msa_lab.model.layers import length_scale
+    f = length_scale(96, 3, 40, torch.zeros(1)).flatten()
+    torch.testing.assert_close(f, torch.tensor([math.log(n) / math.log(40) for n in (94, 95, 96)]))
+
+
+@pytest.mark.parametrize("chunk", [16, 29])
+def test_length_scale_chunked_prefill_and_decode_equal_the_full_forward(chunk):
+    net = _net("dense")
+    net.set_inference_config(length_scale_base=24)
+    enc = _enc(90, seed=4)
+    with torch.no_grad():
+        full = net(enc.ids[None])[0]
+    eng = Engine(net)
+    cache, logits = eng.prefill(enc.slice(0, 80), chunk, extra_tokens=10)
+    torch.testing.assert_close(logits, full[79], atol=1e-4, rtol=1e-4)
+    for i in range(80, 90):
+        torch.testing.assert_close(eng.decode_step(cache, int(enc.ids[i])), full[i], atol=1e-4, rtol=1e-4)
+
+
+def test_length_scale_is_dense_only_and_validated():
+    net = _net("msa")
+    enc = _enc(64, seed=5)
+    with torch.no_grad():
+        before = net(enc.ids[None])
+        net.set_inference_config(length_scale_base=8)  # MSA's softmax spans <= top_k blocks: no scaling
+        torch.testing.assert_close(net(enc.ids[None]), before, atol=0, rtol=0)
+    assert all(layer.attn.cfg.length_scale_base == 8 for layer in net.layers)
+    with pytest.raises(ValueError, match="length_scale_base"):
+        small_config("dense", length_scale_base=1)
+    with pytest.raises(ValueError, match="build a new model"):
+        net.set_inference_config(n_layers=3)
