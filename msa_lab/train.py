@@ -386,12 +386,11 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     src, _ = load_checkpoint(source, Path(directory), device="cpu")
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
                 token_conv=net.cfg.token_conv, image_size=net.cfg.image_size,
-                length_scale_base=net.cfg.length_scale_base)  # inference-only: no weight depends on it
+                length_scale_base=net.cfg.length_scale_base)  # no weight depends on it
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
                          f"{net.cfg.name} beyond attention, context limit, length scale, token_conv and image size; "
-                         f"start from "
-                         f"scratch or use a matching checkpoint.")
+                         f"start from scratch or use a matching checkpoint.")
     if src.cfg.token_conv and src.cfg.token_conv != net.cfg.token_conv:
         raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "
                          f"{net.cfg.token_conv}; leave out --token-conv (the checkpoint's is used) or pass "
@@ -524,7 +523,7 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
             name=meta["name"], attention=cfg["attention"], n_params=meta["n_params"], bytes_mib=meta["bytes"] / 2**20,
             limit=f"{cfg['max_context']:,} tokens" if cfg.get("max_context") else "none (memory-bound)",
             length_scale=(f"logits x ln(n) / ln({cfg['length_scale_base']:,}) for a query seeing n > "
-                          f"{cfg['length_scale_base']:,} keys (`ModelConfig.length_scale_base`; inference only)"
+                          f"{cfg['length_scale_base']:,} keys (`ModelConfig.length_scale_base`; no weight depends on it)"
                           if cfg.get("length_scale_base") else
                           ("none needed: the MSA softmax spans at most top_k blocks" if cfg["attention"] == "msa"
                            else "none")),

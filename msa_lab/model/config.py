@@ -65,7 +65,9 @@ class ModelConfig:
     # ln(n) / ln(length_scale_base) ("log-n" scaling, as in Qwen's logn attention and YaRN's temperature):
     # a softmax over 25x more keys than in training otherwise spreads its mass over them, and the needle's
     # weight drowns. MSA needs none: its softmax always spans at most top_k * block_size keys.
-    # Inference-only: rows with n <= length_scale_base (every training row) are unchanged.
+    # No weight depends on it (MSATransformer.set_inference_config switches it), and it applies in training
+    # too. The shipped dense-200k was trained to 8K tokens without it, so its rows of 4K-8K keys now see
+    # logits at most ln(8192) / ln(4096) = 1.083x those of training.
     length_scale_base: Optional[int] = None
 
     def __post_init__(self) -> None:

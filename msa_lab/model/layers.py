@@ -12,7 +12,6 @@ loss of msa_lab.model.indexer (no gradient flows between indexer and main branch
 from __future__ import annotations
 
 import math
-
 from typing import Callable, Optional
 
 import torch
