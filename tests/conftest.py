@@ -13,6 +13,12 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+# Decorate the kernels now, in this mode. @triton.jit picks interpreter or compiled at decoration time, and
+# the torch_path_models fixture below sets TRITON_INTERPRET=0 for a test: were msa_lab.kernels first
+# imported inside such a test, every later kernel call would look for a GPU driver ("0 active drivers"),
+# which broke e.g. `pytest tests/model/test_stage_checkpoint.py tests/test_readme.py`.
+import msa_lab.kernels  # noqa: E402,F401
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
