@@ -195,8 +195,8 @@ def test_default_folder_from_repo_root_and_notebooks(monkeypatch):
         assert BV.default_results_dir() == ROOT / "data" / "bench"
 
 
-def test_default_view_opens_the_merged_h100_results():
+def test_default_view_opens_the_full_h100_run():
     v = BenchView(ROOT / "data" / "bench")
-    assert v.file.value == H100  # most rows of the newest date
+    assert v.file.value == ROOT / "data" / "bench" / "2026-11-27-nvidia-h100-80gb-hbm3-full.json"  # most rows, newest date
     assert "mask_explorer" not in " ".join(label for label, _ in v.file.options)
     assert "application/vnd.jupyter.widget-view+json" in v._repr_mimebundle_()
