@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import platform
 import time
@@ -23,7 +22,6 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from .api import ActionParseError, Model, load_model
-from .config import MSAConfig
 from .model.checkpoint import REPO_ROOT
 from .model.tokens import EOS, encode_example
 
@@ -125,20 +123,15 @@ def selecting_top_k(model: Model, top_k: Optional[int]):
     The weights do not depend on k, so the trained indexer can be read at another k: the issue's
     recall is defined at k = 16, while msa-tiny's config (block 64, 8 blocks) was trained at 8.
     """
-    if top_k is None or top_k == model.config.top_k:
+    old = model.config.top_k
+    if top_k is None or top_k == old:
         yield model
         return
-    net = model.net
-    old_cfg, olds = net.cfg, [(m, m.msa) for m in net.modules() if isinstance(getattr(m, "msa", None), MSAConfig)]
     try:
-        net.cfg = model.engine.cfg = old_cfg.replace(top_k=top_k)
-        for m, msa in olds:
-            m.msa = dataclasses.replace(msa, top_k=top_k)
+        model.engine.cfg = model.net.set_inference_config(top_k=top_k)  # the engine sizes caches by it
         yield model
     finally:
-        net.cfg = model.engine.cfg = old_cfg
-        for m, msa in olds:
-            m.msa = msa
+        model.engine.cfg = model.net.set_inference_config(top_k=old)
 
 
 def indexer_recall(model: Model, lengths: Sequence[int] = (1024, 2048), n: int = 1, seed: int = 0,

@@ -31,6 +31,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from ..config import MSAConfig
 from .config import ModelConfig
 from .layers import Block, RMSNorm, TokenConv, rope_tables
 from .tokens import IMG_PATCH
@@ -65,20 +66,23 @@ class MSATransformer(nn.Module):
             if isinstance(m, TokenConv):
                 m.reset_identity()
 
-    INFERENCE_FIELDS = ("length_scale_base",)  # config fields no weight depends on
+    INFERENCE_FIELDS = ("length_scale_base", "top_k")  # config fields no weight depends on
 
     def set_inference_config(self, **changes) -> ModelConfig:
-        """Change config fields that no weight depends on (``length_scale_base``), in place, in every layer.
-
-        Lets an eval compare settings of one loaded checkpoint; other fields change shapes: rebuild."""
+        """Change config fields that no weight depends on (``length_scale_base``, ``top_k``), in place, in
+        every layer (their ModelConfig and MSAConfig). Lets an eval read one loaded checkpoint under other
+        settings; other fields change shapes: build a new model."""
         bad = sorted(set(changes) - set(self.INFERENCE_FIELDS))
         if bad:
             raise ValueError(f"set_inference_config changes only {self.INFERENCE_FIELDS}; {bad} change the weights' "
                              f"shapes or meaning: build a new model (MSATransformer(cfg)) instead.")
         self.cfg = self.cfg.replace(**changes)  # validates
+        msa = self.cfg.msa_config()
         for m in self.modules():
             if m is not self and isinstance(getattr(m, "cfg", None), ModelConfig):
                 m.cfg = self.cfg
+            if isinstance(getattr(m, "msa", None), MSAConfig):
+                m.msa = msa
         return self.cfg
 
     def n_params(self) -> int:
