@@ -89,20 +89,26 @@ def niah_heatmap(df, title: str = "NIAH accuracy"):
 def gui_click_accuracy(model: Model, n: int = 50, seed: int = 0) -> dict:
     """{accuracy, kind_accuracy, parse_failures, n}: right kind and point inside the target box."""
     hits = kinds = fails = 0
+    per_target: dict = {}  # element kind (button, field, list, ...) -> hits
     exs = _examples("gui", n, seed)
     for ex in exs:
         meta = json.loads(ex["meta"])
         want = json.loads(ex["answer"])
+        target = per_target.setdefault(meta["elements"][meta["target_index"]]["kind"], [])
         try:
             act = model.act(ex["images"][0], meta["instruction"])
         except ActionParseError:
             fails += 1
+            target.append(False)
             continue
         x0, y0, x1, y1 = meta["box"]  # x1, y1 exclusive
         kinds += act.kind == want["kind"]
-        hits += act.kind == want["kind"] and act.x is not None and x0 <= act.x < x1 and y0 <= act.y < y1
+        hit = act.kind == want["kind"] and act.x is not None and x0 <= act.x < x1 and y0 <= act.y < y1
+        hits += hit
+        target.append(bool(hit))
     return {"accuracy": hits / max(1, len(exs)), "kind_accuracy": kinds / max(1, len(exs)),
-            "parse_failures": fails, "n": len(exs)}
+            "parse_failures": fails, "n": len(exs),
+            "by_target": {k: round(sum(v) / len(v), 3) for k, v in sorted(per_target.items())}}
 
 
 def _norm(s: str) -> str:
@@ -110,10 +116,15 @@ def _norm(s: str) -> str:
 
 
 def image_qa_accuracy(model: Model, n: int = 50, seed: int = 0) -> dict:
+    """{accuracy, n, by_kind: {count|colour|shape|word: accuracy}}: exact match after trimming and lower-casing."""
     exs = _examples("image_qa", n, seed)
-    hits = sum(_norm(model.generate(ex["prompt"], ex["images"], max_new_tokens=24)) == _norm(ex["answer"])
-               for ex in exs)
-    return {"accuracy": hits / max(1, len(exs)), "n": len(exs)}
+    per_kind: dict = {}
+    for ex in exs:
+        ok = _norm(model.generate(ex["prompt"], ex["images"], max_new_tokens=24)) == _norm(ex["answer"])
+        per_kind.setdefault(json.loads(ex["meta"])["kind"], []).append(ok)
+    hits = sum(sum(v) for v in per_kind.values())
+    return {"accuracy": hits / max(1, len(exs)), "n": len(exs),
+            "by_kind": {k: round(sum(v) / len(v), 3) for k, v in sorted(per_kind.items())}}
 
 
 @contextlib.contextmanager

@@ -36,13 +36,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
+import os
 import platform
 import random
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -53,13 +55,15 @@ import torch.nn.functional as F
 from .model.checkpoint import REPO_ROOT, save_checkpoint
 from .model.config import ModelConfig, model_config, small_config
 from .model.net import MSATransformer
-from .model.tokens import PAD, encode_example
+from .model.tokens import IMG_PATCH, PAD, encode_example
 from .model.vision import prepare_image
 
 TEXT_TASKS = ("niah_single", "niah_multi_key", "niah_multi_value", "niah_multi_query", "variable_tracking",
               "synthetic_niah", "copy", "copy_random", "copy_lines")
 # built here (msa_lab.model.synthetic), not eval datasets; copy_random is copy in random-ASCII haystacks
-TRAIN_ONLY_TASKS = ("synthetic_niah", "copy", "copy_random", "copy_lines", "image_colour")
+# image_qa_<kind>: image QA with one question kind only, to weight kinds separately (a curriculum)
+IMAGE_QA_KIND_TASKS = ("image_qa_count", "image_qa_colour", "image_qa_shape", "image_qa_word")
+TRAIN_ONLY_TASKS = ("synthetic_niah", "copy", "copy_random", "copy_lines", "image_colour") + IMAGE_QA_KIND_TASKS
 DEFAULT_TASKS = ("niah_single:3,niah_multi_key:1,niah_multi_value:1,niah_multi_query:1,variable_tracking:1,"
                  "image_qa:2,gui:2,video:1")
 
@@ -96,6 +100,12 @@ class TrainConfig:
     init_model: Optional[str] = None  # the model name to take from init_from (None: this run's model)
     token_conv: Optional[int] = None  # ModelConfig.token_conv override (None: the preset's, 0 = off)
     image_size: Optional[int] = None  # ModelConfig.image_size override (None: the warm start's, else the preset's)
+    patch_stem: Optional[int] = None  # ModelConfig.patch_stem override (None: the warm start's, else the preset's)
+    # processes that draw and encode batches ahead of the device (None: 0 on a CPU, where the trainer itself
+    # needs the cores; on a GPU, up to 8, leaving two cores); 0 = one background thread
+    data_workers: Optional[int] = None
+    # weight of the per-patch supervision of image tasks (see PatchSupervision; 0 = off, the earlier runs)
+    patch_aux_weight: float = 0.0
     save_every: float = 5.0
     smoke: bool = False
     progress: bool = True
@@ -148,6 +158,8 @@ class TaskSource:
             return list(iter_synthetic_niah(n, seed, length=seq_len))
         if task == "image_colour":
             return list(iter_image_colour(n, seed))
+        if task in IMAGE_QA_KIND_TASKS:
+            return list(self.iter_task("image_qa", n, seed, kinds=(task.removeprefix("image_qa_"),)))
         if task in ("copy", "copy_random", "copy_lines"):
             haystack = {"copy": "stdlib", "copy_random": "random", "copy_lines": "none"}[task]
             return list(iter_copy(n, seed, length=seq_len, num_strings=needles_for(seq_len, seed), haystack=haystack))
@@ -169,6 +181,11 @@ class TaskSource:
 def needles_for(seq_len: int, seed: int) -> int:
     """Needles per multi-needle training example: 2..32, at most one per 128 tokens (they must fit)."""
     return random.Random(seed).randint(2, max(2, min(32, seq_len // 128)))
+
+
+# training draws task seeds at or above this; evals use small seeds (0, 1, 12345), so "screens from a seed
+# never used in training" holds by construction, not by odds
+TRAIN_SEED_MIN = 2**20
 
 
 KEYED_NIAH = ("niah_single", "niah_multi_key", "niah_multi_query")
@@ -197,13 +214,16 @@ class Batch:
     answer_mask: torch.Tensor  # bool [B, N], True on answer + EOS tokens
     prompt_len: int  # shortest prompt in the batch (PoSE jumps stay inside it)
     task: str
+    patch_labels: Optional[torch.Tensor] = None  # int64 [P, len(PATCH_HEADS)], -100 = no label (PatchSupervision)
 
     @property
     def tokens(self) -> int:
         return int((self.ids != PAD).sum())
 
 
-def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int, answer_format: str = "keyed") -> Batch:
+def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int, answer_format: str = "keyed",
+               labels: bool = False) -> Batch:
+    """labels: also draw each patch's labels (Batch.patch_labels, for --patch-aux-weight)."""
     encs, masks = [], []
     for ex in examples:
         imgs = [prepare_image(im, cfg.image_size) for im in ex["images"]]
@@ -219,8 +239,84 @@ def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int, an
         ids[i, : len(e)] = e.ids
         amask[i, : len(e)] = m
     prompt_len = min(int((~m).sum()) for m in masks)
+    rows = [patch_labels(ex, cfg) for ex in examples if ex["images"]] if labels else []
     return Batch(ids, torch.cat([e.patches for e in encs]), torch.cat([e.patch_slot for e in encs]), amask,
-                 prompt_len, task)
+                 prompt_len, task, torch.cat(rows) if rows else None)
+
+
+# ---------------------------------------------------------------------------- patch supervision
+# An image question's answer is one or two bytes of signal per image, about what a few of its patches hold;
+# the vision runs of the sixth and seventh sessions left shape questions at chance (loss ln 4) after 90K of
+# them. The generators know what every patch shows, so each patch gets labels: the shape, colour and word
+# on it and whether an object's centre lies in it (image QA), and the GUI element under it. Small linear
+# heads on the last hidden state of each patch token learn them next to the answers (dense supervision, as
+# detection pre-training gives a vision encoder). The heads are training-only: not in the checkpoint.
+PATCH_HEADS = ("shape", "colour", "word", "centre", "gui")  # centre: an object's centre is in this patch (counting)
+
+
+@functools.lru_cache(maxsize=1)
+def patch_classes() -> Dict[str, tuple]:
+    """Head -> its class names after 0 = nothing (msa_lab.tasks imported late: the trainer runs without it)."""
+    from .tasks.draw import COLOURS, SHAPES
+    from .tasks.gui import CLICK_KINDS
+    from .tasks.vocab import WORDS
+
+    return {"shape": SHAPES, "colour": tuple(COLOURS), "word": WORDS, "centre": ("centre",),
+            "gui": CLICK_KINDS + ("field", "list")}
+
+
+def patch_labels(ex: dict, cfg: ModelConfig) -> torch.Tensor:
+    """int64 [images * patches_per_image, len(PATCH_HEADS)]: class per patch and head (0 = nothing there),
+    -100 where the example's task does not say (other tasks, other heads)."""
+    g = cfg.image_size // cfg.patch_size
+    out = torch.full((len(ex["images"]), g * g, len(PATCH_HEADS)), -100, dtype=torch.long)
+    meta = json.loads(ex["meta"])
+    if ex["task"] not in ("image_qa", "gui") or "size" not in meta:
+        return out.view(-1, len(PATCH_HEADS))
+    w, h = meta["size"]
+    cells = [(c * w / g, r * h / g, (c + 1) * w / g, (r + 1) * h / g) for r in range(g) for c in range(g)]
+
+    def area(a, b=None):
+        if b is not None:
+            a = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+        return max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+
+    def holds(box, cell):  # a patch shows a thing when they share 15% of the smaller of the two
+        return area(box, cell) > 0.15 * min(area(box), area(cell))
+
+    cls, col = patch_classes(), {k: j for j, k in enumerate(PATCH_HEADS)}
+    for i, cell in enumerate(cells):
+        if ex["task"] == "image_qa":  # objects never overlap: the one sharing most of the patch
+            obj = max(meta["objects"], key=lambda o: area(o["box"], cell), default=None)
+            obj = obj if obj is not None and holds(obj["box"], cell) else None
+            out[0, i, col["shape"]] = 0 if obj is None else 1 + cls["shape"].index(obj["shape"])
+            out[0, i, col["colour"]] = 0 if obj is None else 1 + cls["colour"].index(obj["colour"])
+            word = meta.get("word")
+            out[0, i, col["word"]] = 1 + cls["word"].index(word["text"]) if word and holds(word["box"], cell) else 0
+            out[0, i, col["centre"]] = int(any(cell[0] <= (o["box"][0] + o["box"][2]) / 2 < cell[2]
+                                               and cell[1] <= (o["box"][1] + o["box"][3]) / 2 < cell[3]
+                                               for o in meta["objects"]))
+        else:  # the topmost element (drawn last) under the patch's centre; desktop and window body are 0
+            x, y = (cell[0] + cell[2]) / 2, (cell[1] + cell[3]) / 2
+            el = next((e for e in reversed(meta["elements"])
+                       if e["box"][0] <= x < e["box"][2] and e["box"][1] <= y < e["box"][3]), None)
+            out[0, i, col["gui"]] = 0 if el is None else 1 + cls["gui"].index(el["kind"])
+    return out.view(-1, len(PATCH_HEADS))
+
+
+class PatchSupervision(torch.nn.Module):
+    """One linear head per PATCH_HEADS entry on the final (normed) hidden state of each patch token."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(d_model, 1 + len(patch_classes()[k]))
+                                          for k in PATCH_HEADS})
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """hidden [P, d], labels int64 [P, heads] -> mean cross-entropy over the heads that have labels."""
+        terms = [F.cross_entropy(head(hidden).float(), labels[:, j], ignore_index=-100)
+                 for j, head in enumerate(self.heads.values()) if bool((labels[:, j] >= 0).any())]
+        return torch.stack(terms).mean() if terms else hidden.sum() * 0.0
 
 
 def pose_positions(n: int, prompt_len: int, max_position: int, rng: random.Random, jumps: int = 2) -> torch.Tensor:
@@ -252,13 +348,57 @@ def build_step(tc: TrainConfig, cfg: ModelConfig, source: TaskSource, step: int,
         frames = video_frames(seq_len) if task == "video" else 1
         est = frames * (cfg.patches_per_image + 2) + 128
         n_ex = max(1, min(tc.max_examples, tc.tokens_per_step // est))
-    examples = source.examples(task, n_ex, rng.randrange(2**31), seq_len)
-    batch = make_batch(examples, cfg, task, cfg.block_size, tc.answer_format)
+    examples = source.examples(task, n_ex, rng.randrange(TRAIN_SEED_MIN, 2**31), seq_len)
+    batch = make_batch(examples, cfg, task, cfg.block_size, tc.answer_format, labels=tc.patch_aux_weight > 0)
     n = batch.ids.shape[1]
     jump = task in TEXT_TASKS and rng.random() < tc.pose_prob
     max_pos = cfg.max_context or cfg.pose_max_position  # dense-200k never sees positions past its limit
     positions = pose_positions(n, batch.prompt_len, max_pos, rng) if jump else torch.arange(n)
     return batch, positions, jump
+
+
+def data_workers(tc: TrainConfig, device: torch.device) -> int:
+    if tc.data_workers is not None:
+        return tc.data_workers
+    return 0 if device.type != "cuda" else max(0, min(8, (os.cpu_count() or 1) - 2))
+
+
+def _quiet_worker() -> None:
+    torch.set_num_threads(1)  # one core per worker: intra-op threads in every worker would oversubscribe
+
+
+class BatchPrefetcher:
+    """Steps' batches, drawn ahead of the device: by one thread (workers=0) or by `workers` processes.
+
+    Drawing is CPU work (PIL renders a GUI screen in ~6 ms): with one thread a GPU run of image tasks waits
+    on it and sees a few hundred questions a second. Processes are spawned, not forked, because the parent
+    holds a CUDA context. A batch drawn ahead uses the progress of the step that asked for it (the length
+    curriculum lags by at most `depth` steps); each is still deterministic in (seed, step, progress).
+    """
+
+    def __init__(self, tc: TrainConfig, cfg: ModelConfig, source: "TaskSource", workers: int):
+        self.args = (tc, cfg, source)
+        if workers > 0:
+            import multiprocessing
+
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_quiet_worker)
+            self.depth = 2 * workers
+        else:
+            self.pool, self.depth = ThreadPoolExecutor(max_workers=1), 1
+        self.pending: Dict[int, object] = {}
+
+    def get(self, step: int, p: float):
+        """(Batch, positions, jumped) of this step; queues the next `depth` steps."""
+        for s in range(step, step + self.depth + 1):
+            if s not in self.pending:
+                self.pending[s] = self.pool.submit(build_step, *self.args, s, p)
+        for s in [s for s in self.pending if s < step]:  # a resumed run may skip some
+            self.pending.pop(s).cancel()
+        return self.pending.pop(step).result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def video_frames(seq_len: int) -> int:
@@ -291,8 +431,15 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
     aux = None
     if net.cfg.sparse:
         aux = {"kl_slots": kl_slots(batch, tc.kl_queries, rng).to(device)}
-    logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device), mode=mode,
-                 aux=aux)
+    supervise = getattr(net, "patch_supervision", None) is not None and batch.patch_labels is not None
+    hidden = []
+    hook = net.norm.register_forward_hook(lambda m, i, o: hidden.append(o)) if supervise else None
+    try:
+        logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device), mode=mode,
+                     aux=aux)
+    finally:
+        if hook is not None:
+            hook.remove()
     tgt = ids[:, 1:]
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
     ce = ce.view_as(tgt)
@@ -306,7 +453,12 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
     # the digits of an answer can only come from the needle (retrieval); the rest is format or key
     digit = amask & (tgt >= ord("0")) & (tgt <= ord("9"))
     digit_loss = (ce * digit).sum().detach() / digit.sum() if bool(digit.any()) else None
-    return {"loss": loss + tc.kl_weight * kl, "lm_loss": lm.detach(), "kl": kl.detach(), "digit_loss": digit_loss}
+    out = {"loss": loss + tc.kl_weight * kl, "lm_loss": lm.detach(), "kl": kl.detach(), "digit_loss": digit_loss}
+    if supervise:
+        patch = net.patch_supervision.loss(hidden[0][ids == IMG_PATCH], batch.patch_labels.to(device))
+        out["loss"] = out["loss"] + tc.patch_aux_weight * patch
+        out["patch_loss"] = patch.detach()
+    return out
 
 
 KL_TAIL = 48  # question tokens before the answer: the queries whose picks decide retrieval
@@ -385,16 +537,21 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     source = source or net.cfg.name
     src, _ = load_checkpoint(source, Path(directory), device="cpu")
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
-                token_conv=net.cfg.token_conv, image_size=net.cfg.image_size,
+                token_conv=net.cfg.token_conv, image_size=net.cfg.image_size, patch_stem=net.cfg.patch_stem,
                 length_scale_base=net.cfg.length_scale_base)  # no weight depends on it
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
-                         f"{net.cfg.name} beyond attention, context limit, length scale, token_conv and image size; "
+                         f"{net.cfg.name} beyond attention, context limit, length scale, token_conv, patch stem and image "
+                         f"size; "
                          f"start from scratch or use a matching checkpoint.")
     if src.cfg.token_conv and src.cfg.token_conv != net.cfg.token_conv:
         raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "
                          f"{net.cfg.token_conv}; leave out --token-conv (the checkpoint's is used) or pass "
                          f"--token-conv {src.cfg.token_conv}.")
+    if src.cfg.patch_stem and src.cfg.patch_stem != net.cfg.patch_stem:
+        raise ValueError(f"--init-from {directory}: the checkpoint has patch_stem={src.cfg.patch_stem} and this run "
+                         f"{net.cfg.patch_stem}; leave out --patch-stem (the checkpoint's is used) or pass "
+                         f"--patch-stem {src.cfg.patch_stem}.")
     own = net.state_dict()
     state = {k: v.float() for k, v in src.state_dict().items()
              if net.cfg.sparse or not k.endswith(("wiq.weight", "wik.weight"))}  # dense-200k has no index branch
@@ -406,7 +563,8 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
             state[k] = torch.cat([v[:n], own[k][n:]])
     # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity, so the
     # network computes what the checkpoint did; likewise a dense source leaves msa-tiny's index branch fresh
-    fresh_ok = ("token_conv", ".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ("token_conv",)
+    # and a new patch stem starts with a zero output layer
+    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.") + ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ())
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not any(f in k for f in fresh_ok) for k in missing):
         raise ValueError(f"--init-from {directory}: weights do not match this run's model "
@@ -547,10 +705,13 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
         try:
             src = read_meta(tc.init_model or cfg.name, Path(tc.init_from))["config"]
             src.setdefault("token_conv", 0)  # written before TokenConv existed
+            src.setdefault("patch_stem", 0)
         except CheckpointNotFound:
             pass  # warm_start names the missing file
     conv = tc.token_conv if tc.token_conv is not None else src.get("token_conv", cfg.token_conv)
-    return cfg.replace(token_conv=conv, image_size=tc.image_size or src.get("image_size", cfg.image_size))
+    stem = tc.patch_stem if tc.patch_stem is not None else src.get("patch_stem", cfg.patch_stem)
+    return cfg.replace(token_conv=conv, image_size=tc.image_size or src.get("image_size", cfg.image_size),
+                       patch_stem=stem)
 
 
 def resize_patch_pos(weight: torch.Tensor, patches: int) -> torch.Tensor:
@@ -572,7 +733,10 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     device = torch.device(tc.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(tc.seed)
     cfg = build_model_config(tc)
-    net = MSATransformer(cfg).to(device)
+    net = MSATransformer(cfg)
+    if tc.patch_aux_weight > 0:  # training-only heads: removed before the checkpoint is written
+        net.patch_supervision = PatchSupervision(cfg.d_model)
+    net = net.to(device)
     net.backend = tc.backend
     # TokenConv taps start at the identity: decaying them would pull the layer toward zero input
     decay = [p for n, p in net.named_parameters() if p.dim() >= 2 and "token_conv" not in n]
@@ -606,8 +770,7 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         bar = tqdm(total=tc.max_steps or int(budget), initial=0, unit="step" if tc.max_steps else "s",
                    desc=f"train {cfg.name}", dynamic_ncols=True)
     step_time = 0.0
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = None
+    batches = BatchPrefetcher(tc, cfg, source, data_workers(tc, device))
     with open(log_path, "a") as logf:
         while True:
             run_elapsed = time.perf_counter() - run_t0
@@ -617,11 +780,7 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
                 break  # keep time to save
             t0 = time.perf_counter()
             p = progress_of(state, tc)
-            # the next batch is drawn in a thread while this step runs on the device
-            if pending is None or pending[0] != state["step"]:
-                pending = (state["step"], pool.submit(build_step, tc, cfg, source, state["step"], p))
-            batch, positions, jump = pending[1].result()
-            pending = (state["step"] + 1, pool.submit(build_step, tc, cfg, source, state["step"] + 1, p))
+            batch, positions, jump = batches.get(state["step"], p)
             rng = random.Random(f"msa-lab/train/kl/{tc.seed}/{state['step']}")
             task, n = batch.task, batch.ids.shape[1]
             phase = "dense" if (not cfg.sparse or p < tc.dense_warmup) else "sparse"
@@ -646,6 +805,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
                    "loss": out["loss"].item(), "lm_loss": out["lm_loss"].item(), "kl": out["kl"].item(),
                    "lr": lr, "grad_norm": float(gnorm), "tokens_per_s": round(batch.tokens / step_time, 1),
                    "digit_loss": None if out["digit_loss"] is None else round(out["digit_loss"].item(), 4)}
+            if "patch_loss" in out:
+                rec["patch_loss"] = round(out["patch_loss"].item(), 4)
             if device.type == "cuda":
                 rec["mem_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             logf.write(json.dumps(rec) + "\n")
@@ -660,7 +821,7 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
                 logf.flush()
                 save_resume(net, opt, state, tc)
                 last_save = time.perf_counter()
-    pool.shutdown(wait=True, cancel_futures=True)
+    batches.close()
     if bar is not None:
         bar.close()
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -685,6 +846,9 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
                                     "seconds": round(state["seconds"], 1)}]
         record["chain_commands"] = prev.get("chain_commands", []) + [record["command"]]
     net.eval()
+    if getattr(net, "patch_supervision", None) is not None:
+        del net.patch_supervision
+        record["patch_aux_weight"] = tc.patch_aux_weight
     save_checkpoint(net, Path(tc.out_dir), train=record)
     render_card(Path(tc.out_dir))
     return {**state, "final_loss": final_loss, "log": str(log_path)}
@@ -720,6 +884,12 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
                     help="images are resized to PIXELS x PIXELS (a multiple of the patch size; default: the "
                          "warm start's, else 64); a warm start at another size interpolates the patch positions")
+    ap.add_argument("--patch-stem", type=int, default=None, metavar="CHANNELS",
+                    help="per-patch conv stem width (ModelConfig.patch_stem; default: the warm start's, 0 = off)")
+    ap.add_argument("--data-workers", type=int, default=None, metavar="N",
+                    help="processes drawing batches ahead (default: 0 on a CPU, up to 8 on a GPU; 0 = one thread)")
+    ap.add_argument("--patch-aux-weight", type=float, default=d.patch_aux_weight,
+                    help="weight of the per-patch labels of image tasks (training-only heads; 0 = off)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default=None)
     ap.add_argument("--backend", default=None, choices=["triton", "torch", "reference"],
@@ -744,6 +914,8 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     for f in ("seq_start", "seq_end", "tokens_per_step", "kl_queries", "max_examples"):
         if getattr(tc, f) <= 0:
             raise SystemExit(f"--{f.replace('_', '-')} must be > 0")
+    if tc.data_workers is not None and tc.data_workers < 0:
+        raise SystemExit(f"--data-workers must be >= 0 (0 = one background thread), got {tc.data_workers}")
     if tc.seq_start > tc.seq_end:
         raise SystemExit(f"--seq-start {tc.seq_start} > --seq-end {tc.seq_end}; swap them.")
     if tc.init_model and not tc.init_from:

@@ -58,7 +58,7 @@ done
 for spec in "${SPECS[@]}"; do  # side by side, like the training
   IFS='|' read -r tag model args <<< "$spec"
   timeout ${EVAL_S:-60} python scripts/quick_eval.py --checkpoint-dir $W/$tag --models $model --out $W/$tag/quick_eval.json \
-    --lengths ${EVAL_LENGTHS:-1024,4096,16384} --n ${EVAL_N:-3} --n-vision 20 > $W/$tag/quick_eval.txt 2>&1 &
+    --lengths ${EVAL_LENGTHS:-1024,4096,16384} --n ${EVAL_N:-3} --n-vision ${N_VISION:-20} > $W/$tag/quick_eval.txt 2>&1 &
 done
 wait
 for spec in "${SPECS[@]}"; do

@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--depths", default="0.1,0.5,0.9")
     ap.add_argument("--n", type=int, default=2, help="NIAH questions per (length, depth)")
     ap.add_argument("--n-vision", type=int, default=20, help="GUI and image-QA examples (0: skip them)")
+    ap.add_argument("--seed", type=int, default=0, help="NIAH seed (1 = held out from the shipped evals)")
     ap.add_argument("--device", default=None)
     a = ap.parse_args()
     lengths = parse_lengths(a.lengths)
@@ -39,15 +40,15 @@ def main() -> None:
         t0 = time.perf_counter()
         model = load_model(name, a.device, checkpoint_dir=a.checkpoint_dir)
         chunk = 16384 if model.device.type == "cuda" else 4096  # CPU: bounded scratch memory
-        grid = niah_grid(model, lengths=lengths, depths=depths, n=a.n, chunk_size=chunk)
+        grid = niah_grid(model, lengths=lengths, depths=depths, n=a.n, chunk_size=chunk, seed=a.seed)
         r = {"sha256": model.card.get("sha256"), "device": str(model.device), "niah": grid.to_dict(orient="records"),
              "niah_by_length": grid.groupby("length")["accuracy"].mean().round(3).to_dict()}
         line = f"{name}: niah {r['niah_by_length']}"
         if a.n_vision:
             r["gui"] = gui_click_accuracy(model, n=a.n_vision, seed=12345)
             r["image_qa"] = image_qa_accuracy(model, n=a.n_vision, seed=12345)
-            line += (f" gui {r['gui']['accuracy']:.2f} (kind {r['gui']['kind_accuracy']:.2f})"
-                     f" image_qa {r['image_qa']['accuracy']:.2f}")
+            line += (f" gui {r['gui']['accuracy']:.2f} (kind {r['gui']['kind_accuracy']:.2f}; {r['gui']['by_target']})"
+                     f" image_qa {r['image_qa']['accuracy']:.2f} ({r['image_qa']['by_kind']})")
         r["seconds"] = round(time.perf_counter() - t0, 1)
         res["models"][name] = r
         print(f"{line} [{r['seconds']} s]", flush=True)

@@ -58,6 +58,12 @@ class ModelConfig:
     # --- images ---
     image_size: int = 64  # every image is converted to RGB and resized to image_size x image_size
     patch_size: int = 8
+    # a small convolutional stem per patch (channels; 0 = off, the checkpoints shipped before it): three 3x3
+    # convolutions (two of stride 2) whose output is added to patch_proj's. A linear patch projection leaves
+    # edges, corners and strokes for the transformer to find from 64 pixels per patch; early convolutions
+    # give a ViT those local features directly ("Early Convolutions Help Transformers See Better", Xiao et
+    # al. 2021). Its output layer starts at zero, so a warm start computes what the checkpoint did.
+    patch_stem: int = 0
     # --- limits ---
     max_context: Optional[int] = None  # hard limit in tokens (dense-200k: 204,800); None = memory-bound only
     # --- length extrapolation of dense attention (None = off) ---
@@ -92,6 +98,12 @@ class ModelConfig:
                 f"ModelConfig.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
                 f"pick sizes that tile, e.g. image_size=64, patch_size=8."
             )
+        if not isinstance(self.patch_stem, int) or isinstance(self.patch_stem, bool) or \
+                not (self.patch_stem == 0 or 4 <= self.patch_stem <= 256):
+            raise ValueError(f"ModelConfig.patch_stem={self.patch_stem!r} must be 0 (off) or a channel count in 4..256.")
+        if self.patch_stem and self.patch_size % 4:
+            raise ValueError(f"ModelConfig.patch_stem needs patch_size divisible by 4 (two stride-2 convolutions), "
+                             f"got patch_size={self.patch_size}; use patch_size 8 or 16, or patch_stem=0.")
         if self.vocab_size < 256 + 8:
             raise ValueError(f"ModelConfig.vocab_size={self.vocab_size} must be >= 264 (256 bytes + 8 specials).")
         if self.max_context is not None and (not isinstance(self.max_context, int) or self.max_context <= 0):

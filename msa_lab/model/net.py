@@ -21,7 +21,8 @@ Positions — the route chosen to reach 1M tokens after training on a few thousa
   positions leaves the logits unchanged and that index scores ignore positions, and
   msa_lab.eval.position_probe measures answer accuracy against simulated needle distance.
 
-Images: each IMG_PATCH token's embedding is patch_proj(pixels) + patch_pos(slot in the image).
+Images: each IMG_PATCH token's embedding is patch_proj(pixels) + patch_pos(slot in the image), plus
+patch_stem(pixels) where ModelConfig.patch_stem > 0 (see config.py for why).
 """
 from __future__ import annotations
 
@@ -30,11 +31,43 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import MSAConfig
 from .config import ModelConfig
 from .layers import Block, RMSNorm, TokenConv, rope_tables
 from .tokens import IMG_PATCH
+
+
+class PatchStem(nn.Module):
+    """Per-patch CNN: float [P, 3 * p * p] -> [P, d_model]. conv3x3 (C) -> conv3x3/2 (2C) -> conv3x3/2 (2C) ->
+    linear; GELU between. Each patch is convolved on its own (zero padding at its edges), so a patch token
+    still depends on its own pixels only and the token interface is unchanged."""
+
+    def __init__(self, patch_size: int, channels: int, d_model: int):
+        super().__init__()
+        self.p = patch_size
+        c = channels
+        self.conv1 = nn.Conv2d(3, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)
+        self.out = nn.Linear(2 * c * (patch_size // 4) ** 2, d_model)
+
+    def reset_parameters(self, gen: Optional[torch.Generator] = None) -> None:
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2, self.conv3):  # He init: GELU keeps about half the variance
+                fan_in = conv.weight[0].numel()
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * math.sqrt(2.0 / fan_in))
+                conv.bias.zero_()
+            self.out.weight.zero_()  # starts as a no-op next to patch_proj: warm starts are unchanged
+            self.out.bias.zero_()
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        x = patches.view(-1, 3, self.p, self.p)
+        x = F.gelu(self.conv1(x))
+        x = F.gelu(self.conv2(x))
+        x = F.gelu(self.conv3(x))
+        return self.out(x.flatten(1))
 
 
 class MSATransformer(nn.Module):
@@ -44,6 +77,7 @@ class MSATransformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.patch_proj = nn.Linear(cfg.patch_dim, cfg.d_model)
         self.patch_pos = nn.Embedding(cfg.patches_per_image, cfg.d_model)
+        self.patch_stem = PatchStem(cfg.patch_size, cfg.patch_stem, cfg.d_model) if cfg.patch_stem else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -57,14 +91,16 @@ class MSATransformer(nn.Module):
             if p.dim() == 1:
                 nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
                 continue
-            if name.endswith("token_conv.weight"):
-                continue  # TokenConv.reset_identity below
+            if name.endswith("token_conv.weight") or name.startswith("patch_stem."):
+                continue  # TokenConv.reset_identity and PatchStem.reset_parameters below
             std = out_std if name.endswith(("wo.weight", "w_down.weight")) else 0.02
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
         for m in self.modules():
             if isinstance(m, TokenConv):
                 m.reset_identity()
+        if self.patch_stem is not None:
+            self.patch_stem.reset_parameters(gen)
 
     INFERENCE_FIELDS = ("length_scale_base", "top_k")  # config fields no weight depends on
 
@@ -104,6 +140,8 @@ class MSATransformer(nn.Module):
             )
         if n_patch:
             pe = self.patch_proj(patches.to(x.dtype)) + self.patch_pos(patch_slot)
+            if self.patch_stem is not None:
+                pe = pe + self.patch_stem(patches.to(x.dtype))
             x = x.masked_scatter(is_patch[..., None], pe.to(x.dtype))
         return x
 

@@ -37,7 +37,10 @@ def test_position_probe(model):
 def test_gui_and_image_qa(model):
     g = E.gui_click_accuracy(model, n=2)
     assert g["n"] == 2 and 0 <= g["accuracy"] <= g["kind_accuracy"] <= 1
-    assert 0 <= E.image_qa_accuracy(model, n=2)["accuracy"] <= 1
+    assert set(g["by_target"]) <= {"button", "menu", "icon", "checkbox", "close", "field", "list"}
+    assert sum(1 for _ in g["by_target"]) >= 1
+    q = E.image_qa_accuracy(model, n=4)
+    assert 0 <= q["accuracy"] <= 1 and set(q["by_kind"]) <= {"count", "colour", "shape", "word"} and q["by_kind"]
 
 
 def test_indexer_recall(model):

@@ -327,3 +327,141 @@ def test_image_colour_examples_show_their_answer():
     src = T.TaskSource(T.parse_tasks("image_colour:1"))
     batch = T.make_batch(src.examples("image_colour", 3, 0, 128), small_config("msa"), "image_colour", 8)
     assert batch.patches.shape[0] == 3 * small_config("msa").patches_per_image and batch.answer_mask.any()
+
+
+def test_patch_stem_starts_as_a_no_op_and_learns():
+    """A warm start into a model with a patch stem embeds images exactly as before (the stem's output layer
+    is zero), and the stem gets a gradient, so training can move it."""
+    from msa_lab.model.net import MSATransformer
+    from msa_lab.model.tokens import IMG_PATCH
+
+    torch.manual_seed(0)
+    cfg = small_config("msa")
+    base, stem = MSATransformer(cfg), MSATransformer(cfg.replace(patch_stem=8))
+    missing, unexpected = stem.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("patch_stem.") for k in missing)
+    P = cfg.patches_per_image
+    ids = torch.full((1, P + 2), IMG_PATCH)
+    ids[0, 0], ids[0, -1] = 65, 66
+    patches, slots = torch.rand(P, cfg.patch_dim) * 2 - 1, torch.arange(P)
+    assert torch.equal(base.embed_inputs(ids, patches, slots), stem.embed_inputs(ids, patches, slots))
+    stem.embed_inputs(ids, patches, slots).pow(2).sum().backward()
+    assert stem.patch_stem.out.weight.grad.abs().sum() > 0
+    for bad, match in [(dict(patch_stem=2), "patch_stem"), (dict(patch_stem=True), "patch_stem"),
+                       (dict(patch_stem=8, image_size=12, patch_size=6), "divisible by 4")]:
+        with pytest.raises(ValueError, match=match):
+            cfg.replace(**bad)
+
+
+def test_patch_stem_warm_start_keeps_the_loss_and_then_the_stem(tmp_path):
+    """--patch-stem on a checkpoint without one: the first step's loss equals a plain warm start's; the
+    next warm start keeps the stem without the flag, and another width is refused by name."""
+    torch.set_num_threads(1)
+    assert T.main(_args(tmp_path, "--steps", "1")) == 0
+    ck = tmp_path / "ck"
+    first = {}
+    for name, extra in [("plain", ()), ("stem", ("--patch-stem", "8"))]:
+        out = tmp_path / name
+        assert T.main(["--smoke", "--no-progress", "--out-dir", str(out / "ck"), "--log-dir", str(out / "log"),
+                       "--steps", "1", "--init-from", str(ck), *extra]) == 0
+        first[name] = json.loads((out / "log" / "smoke-msa" / "log.jsonl").read_text().splitlines()[0])["lm_loss"]
+    assert first["stem"] == pytest.approx(first["plain"], rel=1e-5)
+    assert load_checkpoint("smoke-msa", tmp_path / "stem" / "ck")[0].cfg.patch_stem == 8
+    assert T.build_model_config(T.TrainConfig(smoke=True, init_from=str(tmp_path / "stem" / "ck"))).patch_stem == 8
+    with pytest.raises(ValueError, match="patch_stem=8"):
+        T.main(["--smoke", "--no-progress", "--out-dir", str(tmp_path / "x"), "--log-dir", str(tmp_path / "xl"),
+                "--steps", "1", "--init-from", str(tmp_path / "stem" / "ck"), "--patch-stem", "16"])
+
+
+def test_image_qa_kind_tasks_and_training_seeds():
+    """image_qa_<kind> draws only that kind; training's task seeds never reach the evals' small seeds."""
+    src = T.TaskSource(T.parse_tasks("image_qa_word:1,image_qa_count:1"))
+    for kind in ("word", "count", "shape", "colour"):
+        exs = src.examples(f"image_qa_{kind}", 4, 7, 1024)
+        assert {json.loads(e["meta"])["kind"] for e in exs} == {kind}
+    seeds = []
+    real = src.examples
+    src.examples = lambda task, n, seed, seq_len: seeds.append(seed) or real(task, n, seed, seq_len)
+    tc = T.TrainConfig(tasks="image_qa_word:1,image_qa_count:1", max_examples=2, tokens_per_step=1024)
+    cfg = small_config("msa")
+    for step in range(20):
+        T.build_step(tc, cfg, src, step, 0.0)
+    assert len(seeds) == 20 and min(seeds) >= T.TRAIN_SEED_MIN > 12345
+
+
+def test_batch_prefetcher_worker_processes_draw_what_build_step_draws():
+    """The worker processes (spawned) return, step for step, the batch build_step makes in this process."""
+    tc = T.TrainConfig(tasks="image_qa:1,synthetic_niah:1", max_examples=3, tokens_per_step=512, seq_start=128,
+                       seq_end=128)
+    cfg = small_config("msa")
+    src = T.TaskSource(T.parse_tasks(tc.tasks))
+    assert T.data_workers(tc, torch.device("cpu")) == 0  # the CPU trainer keeps its cores
+    assert T.data_workers(T.TrainConfig(data_workers=3), torch.device("cpu")) == 3
+    for workers in (0, 1):
+        pf = T.BatchPrefetcher(tc, cfg, src, workers)
+        try:
+            for step in (0, 1, 2, 5):  # a skipped step (a resumed run) is fine too
+                got, pos, _ = pf.get(step, 0.5)
+                want, wpos, _ = T.build_step(tc, cfg, src, step, 0.5)
+                assert got.task == want.task and torch.equal(got.ids, want.ids) and torch.equal(pos, wpos)
+                assert torch.equal(got.patches, want.patches)
+        finally:
+            pf.close()
+    with pytest.raises(SystemExit, match="--data-workers must be >= 0"):
+        T.parse_args(["--data-workers", "-1"])
+
+
+def test_patch_labels_mark_what_each_patch_shows():
+    """Image QA: the patch holding an object's centre carries its shape and colour and the centre flag;
+    GUI: the patch under the target's centre carries its element kind; text tasks carry no labels."""
+    from msa_lab.model.config import model_config
+    from msa_lab.tasks import iter_task
+
+    cfg = model_config("msa-tiny")
+    g, heads = cfg.image_size // cfg.patch_size, list(T.PATCH_HEADS)
+    cls = T.patch_classes()
+    for ex in iter_task("image_qa", 6, 3):
+        lab = T.patch_labels(ex, cfg)
+        assert lab.shape == (g * g, len(heads)) and int(lab[:, heads.index("gui")].max()) == -100
+        meta = json.loads(ex["meta"])
+        w, h = meta["size"]
+        for o in meta["objects"]:
+            cx, cy = (o["box"][0] + o["box"][2]) / 2, (o["box"][1] + o["box"][3]) / 2
+            i = int(cy * g // h) * g + int(cx * g // w)
+            assert lab[i, heads.index("shape")] == 1 + cls["shape"].index(o["shape"])
+            assert lab[i, heads.index("colour")] == 1 + cls["colour"].index(o["colour"])
+            assert lab[i, heads.index("centre")] == 1
+        assert int(lab[:, heads.index("centre")].sum()) <= len(meta["objects"])
+        if meta["word"]:
+            assert (lab[:, heads.index("word")] == 1 + cls["word"].index(meta["word"]["text"])).any()
+    for ex in iter_task("gui", 4, 3):
+        lab, meta = T.patch_labels(ex, cfg), json.loads(ex["meta"])
+        assert int(lab[:, heads.index("shape")].max()) == -100
+        assert lab[:, heads.index("gui")].min() >= 0 and lab[:, heads.index("gui")].max() >= 1
+    text = {"task": "niah_single", "images": [], "meta": "{}"}
+    assert T.patch_labels(text, cfg).numel() == 0
+
+
+def test_patch_supervision_adds_a_loss_and_stays_out_of_the_checkpoint(tmp_path):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = small_config("msa")
+    from msa_lab.model.net import MSATransformer
+
+    net = MSATransformer(cfg)
+    net.patch_supervision = T.PatchSupervision(cfg.d_model)
+    src = T.TaskSource(T.parse_tasks("image_qa:1"))
+    exs = src.examples("image_qa", 3, 0, 128)
+    assert T.make_batch(exs, cfg, "image_qa", cfg.block_size).patch_labels is None  # drawn only when asked
+    batch = T.make_batch(exs, cfg, "image_qa", cfg.block_size, labels=True)
+    assert batch.patch_labels.shape == (batch.patches.shape[0], len(T.PATCH_HEADS))
+    tc = T.TrainConfig(patch_aux_weight=0.5, kl_queries=8)
+    out = T.compute_loss(net, batch, torch.arange(batch.ids.shape[1]), "train_dense", tc, random.Random(0), "cpu")
+    assert out["patch_loss"] > 0 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert net.patch_supervision.heads["shape"].weight.grad.abs().sum() > 0
+    # a run with the heads writes a checkpoint without them (load_checkpoint is strict)
+    assert T.main(_args(tmp_path, "--steps", "2", "--patch-aux-weight", "0.5")) == 0
+    net2, meta = load_checkpoint("smoke-msa", tmp_path / "ck")
+    assert not any(k.startswith("patch_supervision") for k in net2.state_dict())
+    assert meta["train"]["patch_aux_weight"] == 0.5

@@ -1,0 +1,24 @@
+#!/bin/bash
+# One GPU call (2026-11-27, seventh session): (1) dense-200k from call 1's 8K-64K run (.ck_d), now at 64K-192K
+# tokens; (2) msa-tiny's vision with per-patch supervision (--patch-aux-weight), with and without the
+# patch stem. Quick evals (NIAH 4K/131K, 50 GUI screens and 50 image questions, seed 12345), then dense-200k
+# at 204,752 tokens on 20 held-out questions (seed 1).
+#   bash scripts/device_vision_aux.sh      (carry .ck_v64 and .ck_d)
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD MSA_LAB_AUTOTUNE=0
+V="--init-from .ck_v64 --seq-start 1024 --seq-end 4096 --lr 5e-4 --warmup-steps 10 --pose-prob 0.3 --dense-warmup 0"
+V="$V --max-examples 512 --data-workers 5 --patch-aux-weight ${AUX:-0.5}"
+MIX="image_qa:2,image_qa_shape:1,image_qa_count:1,image_qa_word:1,image_colour:0.3,gui:0.7,niah_single:0.8"
+MIX="$MIX,niah_multi_query:0.3,copy:0.2"
+D="--init-from .ck_d --seq-start 65536 --seq-end 196608 --tokens-per-step 262144 --lr 2e-4"
+D="$D --warmup-steps 5 --pose-prob 0.5 --dense-warmup 0 --data-workers 3"
+D="$D --tasks niah_single:2,niah_multi_query:1.5,niah_multi_key:1,niah_multi_value:0.5,variable_tracking:0.5,image_qa:0.2,gui:0.2"
+JOBS="d2|dense-200k|$D;x|msa-tiny|$V --tasks $MIX;y|msa-tiny|$V --patch-stem 32 --tasks $MIX"
+TRAIN_MIN=${TRAIN_MIN:-4.7} EVAL_LENGTHS=4096,131072 EVAL_S=${EVAL_S:-170} N_VISION=50 JOBS="$JOBS" \
+  bash scripts/device_sweep.sh
+echo "== dense-200k (d2) at 204,752, seed 1"
+timeout 70 python scripts/quick_eval.py --checkpoint-dir /tmp/sw/d2 --models dense-200k --lengths 204752 \
+  --depths 0,0.25,0.5,0.75,1 --n 4 --seed 1 --n-vision 0 --out /tmp/sw/d2/niah-204752-seed1.json 2>&1 | tail -n 2
+tar czf "$OUT/sweep.tgz" -C /tmp/sw --exclude '*.safetensors' --exclude '*.pt' .
+ls -la "$OUT"
