@@ -27,6 +27,10 @@ Recipe
   * Training-only tasks: "copy" / "copy_random" (random strings in a stdlib / random-ASCII haystack,
     repeated from a 4-character cue; msa_lab.model.synthetic.iter_copy), "copy_lines" (the same with
     no haystack: about half of all tokens are copy targets) and "synthetic_niah".
+  * Data: batches are drawn ahead of the device by one thread, or by --data-workers spawned processes (the
+    default on a GPU: image tasks are CPU-bound to draw). Task seeds are >= TRAIN_SEED_MIN, so eval seeds
+    (0, 1, 12345) are never trained on. --patch-aux-weight adds per-patch labels of image tasks, learned by
+    training-only heads (PatchSupervision); --patch-stem adds a per-patch CNN (ModelConfig.patch_stem).
   * Logs: data/train/<model>/log.jsonl, one line per step (loss, lm_loss, kl, lr, seq_len, tokens/s,
     digit_loss: the loss on the answer's digits, which in NIAH only retrieval can predict; ln 10 = 2.30
     means none).
