@@ -240,11 +240,7 @@ class Attention(nn.Module):
             else:
                 o = dense_attention(q, k, v, scale)
         elif mode == "train_dense":
-            if q.is_cuda and k.shape[1] != q.shape[1]:
-                # as in dense_attention: expanded K/V keep SDPA on a fused kernel; with enable_gqa a long
-                # training sequence could fall back to the math kernel's [Hq, N, N] scores
-                k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+            o = dense_attention(q, k, v, scale)  # Nq == Nk: SDPA's causal kernel, K/V expanded on CUDA
         elif mode == "train_sparse":
             # fp32 and autocast off for the selection: it is cheap next to attention, every backend takes
             # fp32, and under bf16 autocast the torch path's -FLT_MAX sentinel overflows
