@@ -23,7 +23,7 @@ import torch
 from .model.cache import check_prefill
 from .model.checkpoint import load_checkpoint
 from .model.config import MODEL_CONFIGS, ModelConfig
-from .model.engine import Engine, GenerationResult, PrefillStep
+from .model.engine import Engine, GenerationResult, PrefillStep, whole_image_embeds
 from .model.indexer import dense_block_mass
 from .model.net import MSATransformer
 from .model.tokens import IMAGE_PLACEHOLDER, Encoded, describe, encode_prompt
@@ -263,10 +263,13 @@ class Model:
         self.engine._check_limit(n)
         check_prefill(self.engine.estimate(n, chunk_size), cfg)
         cache = self.engine.new_cache(n)
+        embeds = whole_image_embeds(self.net, enc, self.device)
         for c0 in range(0, n, chunk_size):
-            piece = enc.slice(c0, min(n, c0 + chunk_size))
+            c1 = min(n, c0 + chunk_size)
+            piece = enc.slice(c0, c1)
             self.net(piece.ids[None].to(self.device), piece.patches.to(self.device),
-                     piece.patch_slot.to(self.device), caches=cache, record=record, last_only=True)
+                     piece.patch_slot.to(self.device), caches=cache, record=record, last_only=True,
+                     patch_embeds=None if embeds is None else embeds[slice(*enc.patch_range(c0, c1))])
         selected = [torch.cat(s, dim=1).numpy() for s in sel] if cfg.sparse else None  # [Hkv, N, K]
         mass = None
         if want_mass:

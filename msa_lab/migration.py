@@ -407,11 +407,13 @@ def measure_migration(lengths: Sequence[int], *, models: Sequence[str] = MODELS,
         m = mods[name]
         warm = m.encode("x" * (min(lengths[0], 4096) if m.device.type == "cuda" else 256))
         m.engine.generate_ids(warm, 2, chunk_size=max(64, len(warm) // 2) if m.config.sparse else chunk_of(m))
+    # partial until every length is done: the file is rewritten after each length, so a run killed in the
+    # middle (a timeout, an OOM kill) leaves a file that says which lengths it lacks
+    res["partial"] = True
     try:  # Ctrl-C / Interrupt keeps what was measured (the file too)
-        for length in lengths:
+        for i, length in enumerate(lengths):
+            res["stopped_before"] = length
             if time_budget_s is not None and time.perf_counter() - t_start > time_budget_s:
-                res["partial"] = True
-                res["stopped_before"] = length
                 break
             exs = {d: list(iter_task("niah_single", n, seed, length=length, depth=d)) for d in depths}
             for name in models:
@@ -435,6 +437,11 @@ def measure_migration(lengths: Sequence[int], *, models: Sequence[str] = MODELS,
                                                      chunk_of(m), max_new_tokens))
                         for _ in exs[d]:
                             tick(f"{name} NIAH {fmt_length(length)} depth {d:g} {pol}")
+            if i + 1 < len(lengths):
+                res["stopped_before"] = lengths[i + 1]
+            else:
+                res["partial"] = False
+                del res["stopped_before"]
             if path is not None:
                 write_results(res, path)
     except KeyboardInterrupt:

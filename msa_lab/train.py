@@ -30,7 +30,9 @@ Recipe
   * Data: batches are drawn ahead of the device by one thread, or by --data-workers spawned processes (the
     default on a GPU: image tasks are CPU-bound to draw). Task seeds are >= TRAIN_SEED_MIN, so eval seeds
     (0, 1, 12345) are never trained on. --patch-aux-weight adds per-patch labels of image tasks, learned by
-    training-only heads (PatchSupervision); --patch-stem adds a per-patch CNN (ModelConfig.patch_stem).
+    training-only heads (PatchSupervision; on the vision encoder's output where the model has one, else on
+    the LM's last hidden state); --patch-stem adds a per-patch CNN (ModelConfig.patch_stem); --vision-layers
+    adds a bidirectional encoder over each image (ModelConfig.vision_layers, msa_lab.model.vision_encoder).
   * Logs: data/train/<model>/log.jsonl, one line per step (loss, lm_loss, kl, lr, seq_len, tokens/s,
     digit_loss: the loss on the answer's digits, which in NIAH only retrieval can predict; ln 10 = 2.30
     means none).
@@ -105,11 +107,15 @@ class TrainConfig:
     token_conv: Optional[int] = None  # ModelConfig.token_conv override (None: the preset's, 0 = off)
     image_size: Optional[int] = None  # ModelConfig.image_size override (None: the warm start's, else the preset's)
     patch_stem: Optional[int] = None  # ModelConfig.patch_stem override (None: the warm start's, else the preset's)
+    vision_layers: Optional[int] = None  # ModelConfig.vision_layers override (None: the warm start's, else the preset's)
     # processes that draw and encode batches ahead of the device (None: 0 on a CPU, where the trainer itself
     # needs the cores; on a GPU, up to 8, leaving two cores); 0 = one background thread
     data_workers: Optional[int] = None
     # weight of the per-patch supervision of image tasks (see PatchSupervision; 0 = off, the earlier runs)
     patch_aux_weight: float = 0.0
+    # "index": train only the index branch's projections (wiq, wik) by its KL; the main branch, whose dense
+    # attention mass is the KL's target, stays as it is (None = train everything)
+    train_only: Optional[str] = None
     save_every: float = 5.0
     smoke: bool = False
     progress: bool = True
@@ -309,7 +315,8 @@ def patch_labels(ex: dict, cfg: ModelConfig) -> torch.Tensor:
 
 
 class PatchSupervision(torch.nn.Module):
-    """One linear head per PATCH_HEADS entry on the final (normed) hidden state of each patch token."""
+    """One linear head per PATCH_HEADS entry on each patch token's hidden state: the vision encoder's output (normed) where
+    the model has one, else the LM's final normed state."""
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -437,7 +444,15 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
         aux = {"kl_slots": kl_slots(batch, tc.kl_queries, rng).to(device)}
     supervise = getattr(net, "patch_supervision", None) is not None and batch.patch_labels is not None
     hidden = []
-    hook = net.norm.register_forward_hook(lambda m, i, o: hidden.append(o)) if supervise else None
+    # patch labels supervise the vision encoder's output where there is one (its second output, [P, d]), else
+    # the LM's last hidden state at the patch tokens
+    encoder = getattr(net, "vision", None)
+    if not supervise:
+        hook = None
+    elif encoder is not None:
+        hook = encoder.register_forward_hook(lambda m, i, o: hidden.append(o[1]))
+    else:
+        hook = net.norm.register_forward_hook(lambda m, i, o: hidden.append(o))
     try:
         logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device), mode=mode,
                      aux=aux)
@@ -459,7 +474,8 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
     digit_loss = (ce * digit).sum().detach() / digit.sum() if bool(digit.any()) else None
     out = {"loss": loss + tc.kl_weight * kl, "lm_loss": lm.detach(), "kl": kl.detach(), "digit_loss": digit_loss}
     if supervise:
-        patch = net.patch_supervision.loss(hidden[0][ids == IMG_PATCH], batch.patch_labels.to(device))
+        rows = hidden[0] if encoder is not None else hidden[0][ids == IMG_PATCH]
+        patch = net.patch_supervision.loss(rows, batch.patch_labels.to(device))
         out["loss"] = out["loss"] + tc.patch_aux_weight * patch
         out["patch_loss"] = patch.detach()
     return out
@@ -542,6 +558,7 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     src, _ = load_checkpoint(source, Path(directory), device="cpu")
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
                 token_conv=net.cfg.token_conv, image_size=net.cfg.image_size, patch_stem=net.cfg.patch_stem,
+                vision_layers=net.cfg.vision_layers,
                 length_scale_base=net.cfg.length_scale_base)  # no weight depends on it
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
@@ -556,6 +573,10 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
         raise ValueError(f"--init-from {directory}: the checkpoint has patch_stem={src.cfg.patch_stem} and this run "
                          f"{net.cfg.patch_stem}; leave out --patch-stem (the checkpoint's is used) or pass "
                          f"--patch-stem {src.cfg.patch_stem}.")
+    if src.cfg.vision_layers and src.cfg.vision_layers != net.cfg.vision_layers:
+        raise ValueError(f"--init-from {directory}: the checkpoint has vision_layers={src.cfg.vision_layers} and this "
+                         f"run {net.cfg.vision_layers}; leave out --vision-layers (the checkpoint's is used) or pass "
+                         f"--vision-layers {src.cfg.vision_layers}.")
     own = net.state_dict()
     state = {k: v.float() for k, v in src.state_dict().items()
              if net.cfg.sparse or not k.endswith(("wiq.weight", "wik.weight"))}  # dense-200k has no index branch
@@ -568,7 +589,7 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity, so the
     # network computes what the checkpoint did; likewise a dense source leaves msa-tiny's index branch fresh
     # and a new patch stem starts with a zero output layer
-    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.") + ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ())
+    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.", "vision.") + ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ())
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not any(f in k for f in fresh_ok) for k in missing):
         raise ValueError(f"--init-from {directory}: weights do not match this run's model "
@@ -710,12 +731,14 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
             src = read_meta(tc.init_model or cfg.name, Path(tc.init_from))["config"]
             src.setdefault("token_conv", 0)  # written before TokenConv existed
             src.setdefault("patch_stem", 0)
+            src.setdefault("vision_layers", 0)
         except CheckpointNotFound:
             pass  # warm_start names the missing file
     conv = tc.token_conv if tc.token_conv is not None else src.get("token_conv", cfg.token_conv)
     stem = tc.patch_stem if tc.patch_stem is not None else src.get("patch_stem", cfg.patch_stem)
+    vision = tc.vision_layers if tc.vision_layers is not None else src.get("vision_layers", cfg.vision_layers)
     return cfg.replace(token_conv=conv, image_size=tc.image_size or src.get("image_size", cfg.image_size),
-                       patch_stem=stem)
+                       patch_stem=stem, vision_layers=vision)
 
 
 def resize_patch_pos(weight: torch.Tensor, patches: int) -> torch.Tensor:
@@ -758,6 +781,11 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         state["init_from"] = warm_start_record(tc.init_model or cfg.name, tc.init_from)
     elif log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh curve
+    if tc.train_only == "index":
+        if not cfg.sparse:
+            raise ValueError(f"--train-only index: {cfg.name} is dense and has no index branch.")
+        for name, p in net.named_parameters():
+            p.requires_grad_(".wiq." in name or ".wik." in name)
     source = TaskSource(parse_tasks("synthetic_niah" if tc.smoke else tc.tasks), log=print)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu",
                                                                                                    enabled=False)
@@ -853,6 +881,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     if getattr(net, "patch_supervision", None) is not None:
         del net.patch_supervision
         record["patch_aux_weight"] = tc.patch_aux_weight
+    if tc.train_only:
+        record["train_only"] = tc.train_only
     save_checkpoint(net, Path(tc.out_dir), train=record)
     render_card(Path(tc.out_dir))
     return {**state, "final_loss": final_loss, "log": str(log_path)}
@@ -890,10 +920,15 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
                          "warm start's, else 64); a warm start at another size interpolates the patch positions")
     ap.add_argument("--patch-stem", type=int, default=None, metavar="CHANNELS",
                     help="per-patch conv stem width (ModelConfig.patch_stem; default: the warm start's, 0 = off)")
+    ap.add_argument("--vision-layers", type=int, default=None, metavar="N",
+                    help="bidirectional encoder layers over each image (ModelConfig.vision_layers; default: the warm "
+                         "start's, 0 = off)")
     ap.add_argument("--data-workers", type=int, default=None, metavar="N",
                     help="processes drawing batches ahead (default: 0 on a CPU, up to 8 on a GPU; 0 = one thread)")
     ap.add_argument("--patch-aux-weight", type=float, default=d.patch_aux_weight,
                     help="weight of the per-patch labels of image tasks (training-only heads; 0 = off)")
+    ap.add_argument("--train-only", default=None, choices=["index"],
+                    help="index: train only the index branch (wiq, wik) by its KL toward the main branch's block mass")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default=None)
     ap.add_argument("--backend", default=None, choices=["triton", "torch", "reference"],

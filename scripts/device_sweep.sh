@@ -5,6 +5,7 @@
 #   TRAIN_MIN=7 JOBS='a|msa-tiny|--init-from data/checkpoints --seq-end 4096' bash scripts/device_sweep.sh
 # A job's args may hold phases separated by ' >> ': each phase warm-starts from the one before (give each
 # phase its own --minutes; TRAIN_MIN is the default). Phase i logs to <tag>/logs<i>; the last one is <tag>.
+# On a machine of several GPUs, job i runs on GPU i mod (number of GPUs).
 set -u
 export PYTHONUNBUFFERED=1 MSA_LAB_AUTOTUNE=${MSA_LAB_AUTOTUNE:-0} OMP_NUM_THREADS=4 PYTHONPATH=$PWD
 M=${TRAIN_MIN:-7}
@@ -13,12 +14,15 @@ W=/tmp/sw
 mkdir -p "$OUT" $W
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+NGPU=$(nvidia-smi -L | wc -l)
 IFS=';' read -ra SPECS <<< "$JOBS"
+j=0
 for spec in "${SPECS[@]}"; do
   IFS='|' read -r tag model args <<< "$spec"
   mkdir -p $W/$tag
-  echo "== $tag: $model $args"
+  echo "== $tag: $model $args (GPU $((j % NGPU)))"
   (
+    export CUDA_VISIBLE_DEVICES=$((j % NGPU))
     prev="" i=0
     IFS='>' read -ra PHASES <<< "${args// >> />}"
     for ph in "${PHASES[@]}"; do
@@ -29,6 +33,7 @@ for spec in "${SPECS[@]}"; do
       prev="--init-from $out"
     done
   ) &
+  j=$((j + 1))
 done
 wait
 for spec in "${SPECS[@]}"; do
@@ -55,10 +60,12 @@ for i in range(0, len(rows), q):
 PY
   cp $W/$tag/$model.safetensors "$OUT/$tag.$model.safetensors"  # its .json is in sweep.tgz (8 files come back)
 done
+j=0
 for spec in "${SPECS[@]}"; do  # side by side, like the training
   IFS='|' read -r tag model args <<< "$spec"
-  timeout ${EVAL_S:-60} python scripts/quick_eval.py --checkpoint-dir $W/$tag --models $model --out $W/$tag/quick_eval.json \
+  CUDA_VISIBLE_DEVICES=$((j % NGPU)) timeout ${EVAL_S:-60} python scripts/quick_eval.py --checkpoint-dir $W/$tag --models $model --out $W/$tag/quick_eval.json \
     --lengths ${EVAL_LENGTHS:-1024,4096,16384} --n ${EVAL_N:-3} --n-vision ${N_VISION:-20} > $W/$tag/quick_eval.txt 2>&1 &
+  j=$((j + 1))
 done
 wait
 for spec in "${SPECS[@]}"; do

@@ -216,6 +216,23 @@ def test_measure_migration_writes_every_policy_and_refusal(small_models, tmp_pat
     pre = {(r["model"], r["length"]): r for r in d["prefill"]}
     assert pre[("msa-tiny", 512)]["seconds"] > 0 and pre[("dense-200k", 512)]["status"] == "refused"
     assert ticks[-1][0] == ticks[-1][1] == len(ticks)  # the progress total was exact
+    assert d["partial"] is False and "stopped_before" not in d
+
+
+def test_a_run_killed_mid_way_leaves_a_file_marked_partial(small_models, tmp_path):
+    """The file is rewritten after each length: a run that dies during a later length (here: the
+    progress callback raises, as a timeout's kill would stop it) leaves one that says what it lacks."""
+    def die_at_512(done, total, what):
+        if "512" in what:
+            raise SystemExit("killed")
+
+    with pytest.raises(SystemExit):
+        M.measure_migration([256, 512], loaded=small_models, limit=384, max_new_tokens=4, chunk_size=128,
+                            out=tmp_path, progress=die_at_512)
+    (path,) = tmp_path.glob("migration-*.json")
+    d = M.load_results(path)
+    assert d["partial"] is True and d["stopped_before"] == 512
+    assert {r["length"] for r in d["niah"]} == {256}
 
 
 def test_measure_migration_rejects_bad_input(small_models):

@@ -64,6 +64,9 @@ class ModelConfig:
     # give a ViT those local features directly ("Early Convolutions Help Transformers See Better", Xiao et
     # al. 2021). Its output layer starts at zero, so a warm start computes what the checkpoint did.
     patch_stem: int = 0
+    # bidirectional transformer layers over each image's patches before the LM (0 = off, the checkpoints
+    # shipped before it); n_heads heads, SwiGLU of 2 * d_model. Why: msa_lab.model.vision_encoder
+    vision_layers: int = 0
     # --- limits ---
     max_context: Optional[int] = None  # hard limit in tokens (dense-200k: 204,800); None = memory-bound only
     # --- length extrapolation of dense attention (None = off) ---
@@ -101,6 +104,9 @@ class ModelConfig:
         if not isinstance(self.patch_stem, int) or isinstance(self.patch_stem, bool) or \
                 not (self.patch_stem == 0 or 4 <= self.patch_stem <= 256):
             raise ValueError(f"ModelConfig.patch_stem={self.patch_stem!r} must be 0 (off) or a channel count in 4..256.")
+        if not isinstance(self.vision_layers, int) or isinstance(self.vision_layers, bool) or \
+                not 0 <= self.vision_layers <= 8:
+            raise ValueError(f"ModelConfig.vision_layers={self.vision_layers!r} must be 0 (off) or a layer count in 1..8.")
         if self.patch_stem and self.patch_size % 4:
             raise ValueError(f"ModelConfig.patch_stem needs patch_size divisible by 4 (two stride-2 convolutions), "
                              f"got patch_size={self.patch_size}; use patch_size 8 or 16, or patch_stem=0.")

@@ -79,6 +79,15 @@ class GenerationResult:
     chosen_window: int = 0
 
 
+def whole_image_embeds(net: MSATransformer, enc: Encoded, device) -> Optional[torch.Tensor]:
+    """The patch embeddings [P, d] of the whole input where the model has a vision encoder (None otherwise):
+    chunks then take their rows, so an image cut by a chunk boundary is still encoded whole."""
+    if net.vision is None or enc.patches.shape[0] == 0:
+        return None
+    with torch.no_grad():
+        return net.embed_patches(enc.patches.to(device), enc.patch_slot.to(device))
+
+
 def _memory(device: torch.device):
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device), "cuda"
@@ -152,13 +161,16 @@ class Engine:
         n_bins = math.ceil(nb_total / per_bin)
         n_chunks = math.ceil(n / chunk_size)
         t_start = time.perf_counter()
+        embeds = whole_image_embeds(self.net, enc, dev)
         for c in range(n_chunks):
-            piece = enc.slice(c * chunk_size, min(n, (c + 1) * chunk_size))
+            c0, c1 = c * chunk_size, min(n, (c + 1) * chunk_size)
+            piece = enc.slice(c0, c1)
             sel: List[torch.Tensor] = []
             record = (lambda layer, idx=None, **_: sel.append(idx)) if self.cfg.sparse else None
             t0 = time.perf_counter()
             logits = self.net(piece.ids[None].to(dev), piece.patches.to(dev), piece.patch_slot.to(dev),
-                              caches=cache, record=record, last_only=True)
+                              caches=cache, record=record, last_only=True,
+                              patch_embeds=None if embeds is None else embeds[slice(*enc.patch_range(c0, c1))])
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
             dt = time.perf_counter() - t0

@@ -22,7 +22,8 @@ Positions — the route chosen to reach 1M tokens after training on a few thousa
   msa_lab.eval.position_probe measures answer accuracy against simulated needle distance.
 
 Images: each IMG_PATCH token's embedding is patch_proj(pixels) + patch_pos(slot in the image), plus
-patch_stem(pixels) where ModelConfig.patch_stem > 0 (see config.py for why).
+patch_stem(pixels) where ModelConfig.patch_stem > 0 (see config.py for why), then, where
+ModelConfig.vision_layers > 0, a bidirectional encoder over each whole image (vision_encoder.py).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from ..config import MSAConfig
 from .config import ModelConfig
 from .layers import Block, RMSNorm, TokenConv, rope_tables
 from .tokens import IMG_PATCH
+from .vision_encoder import VisionEncoder
 
 
 class PatchStem(nn.Module):
@@ -78,6 +80,8 @@ class MSATransformer(nn.Module):
         self.patch_proj = nn.Linear(cfg.patch_dim, cfg.d_model)
         self.patch_pos = nn.Embedding(cfg.patches_per_image, cfg.d_model)
         self.patch_stem = PatchStem(cfg.patch_size, cfg.patch_stem, cfg.d_model) if cfg.patch_stem else None
+        self.vision = VisionEncoder(cfg.d_model, cfg.vision_layers, cfg.n_heads, 2 * cfg.d_model, cfg.norm_eps) \
+            if cfg.vision_layers else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -101,6 +105,8 @@ class MSATransformer(nn.Module):
                 m.reset_identity()
         if self.patch_stem is not None:
             self.patch_stem.reset_parameters(gen)
+        if self.vision is not None:
+            self.vision.zero_output()
 
     INFERENCE_FIELDS = ("length_scale_base", "top_k")  # config fields no weight depends on
 
@@ -125,23 +131,38 @@ class MSATransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ pieces
+    def embed_patches(self, patches: torch.Tensor, patch_slot: torch.Tensor, dtype=None) -> torch.Tensor:
+        """patches float [P, patch_dim], patch_slot int64 [P] -> the patch tokens' input embeddings [P, d].
+
+        With a vision encoder, every image among the rows is encoded whole: to prefill in chunks, embed the
+        whole input's patches once and pass each chunk its rows (forward's patch_embeds), so that an image
+        cut by a chunk boundary is still seen whole."""
+        dtype = dtype or self.embed.weight.dtype
+        px = patches.to(dtype)
+        pe = self.patch_proj(px) + self.patch_pos(patch_slot)
+        if self.patch_stem is not None:
+            pe = pe + self.patch_stem(px)
+        if self.vision is not None:
+            pe, _ = self.vision(pe, patch_slot)  # the hidden state is for training's patch labels (a hook)
+        return pe
+
     def embed_inputs(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,
-                     patch_slot: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     patch_slot: Optional[torch.Tensor] = None, patch_embeds: Optional[torch.Tensor] = None
+                     ) -> torch.Tensor:
         """ids int64 [B, N], patches float [P, patch_dim] (one row per IMG_PATCH id, row-major over B, N),
-        patch_slot int64 [P] -> x [B, N, d]."""
+        patch_slot int64 [P] -> x [B, N, d]. patch_embeds [P, d] (from embed_patches) replaces patches."""
         x = self.embed(ids)
         is_patch = ids == IMG_PATCH
         n_patch = int(is_patch.sum())
-        n_rows = 0 if patches is None else patches.shape[0]
+        given = patch_embeds if patch_embeds is not None else patches
+        n_rows = 0 if given is None else given.shape[0]
         if n_patch != n_rows:
             raise ValueError(
                 f"the ids hold {n_patch} IMG_PATCH tokens but {n_rows} patch rows were given; encode prompts "
                 f"with msa_lab.model.tokens.encode_prompt so every patch token has its pixels."
             )
         if n_patch:
-            pe = self.patch_proj(patches.to(x.dtype)) + self.patch_pos(patch_slot)
-            if self.patch_stem is not None:
-                pe = pe + self.patch_stem(patches.to(x.dtype))
+            pe = patch_embeds if patch_embeds is not None else self.embed_patches(patches, patch_slot, x.dtype)
             x = x.masked_scatter(is_patch[..., None], pe.to(x.dtype))
         return x
 
@@ -153,12 +174,13 @@ class MSATransformer(nn.Module):
     def forward(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,
                 patch_slot: Optional[torch.Tensor] = None, positions: Optional[torch.Tensor] = None, *,
                 mode: str = "ops", caches=None, record: Optional[Callable] = None, aux: Optional[dict] = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, patch_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits float [B, N, vocab] (or [B, vocab] with last_only).
 
         ids int64 [B, N]; positions int64 [N] (default: the token's index, continuing after the cache).
         caches: a KVCache (engine.py) whose per-layer caches receive this chunk's keys; without one,
         the tokens attend only to each other (the full forward). mode: see layers.py.
+        patch_embeds [P, d]: this chunk's rows of embed_patches(whole input), in place of patches.
         """
         if ids.dim() != 2:
             raise ValueError(f"ids must be [B, N], got shape {tuple(ids.shape)}; use ids[None] for one sequence.")
@@ -169,7 +191,7 @@ class MSATransformer(nn.Module):
         elif positions.shape != (N,):
             raise ValueError(f"positions must be int64 [N={N}], got shape {tuple(positions.shape)}.")
         cos, sin = rope_tables(positions, self.cfg.rope_dims, self.cfg.rope_base)
-        x = self.embed_inputs(ids, patches, patch_slot)
+        x = self.embed_inputs(ids, patches, patch_slot, patch_embeds)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mode=mode, cache=None if caches is None else caches.layers[i], record=record,
                       aux=aux, backend=self.backend)

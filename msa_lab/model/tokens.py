@@ -36,13 +36,14 @@ class Encoded:
     def __len__(self) -> int:
         return int(self.ids.numel())
 
-    def _patch_range(self, start: int, end: int):
+    def patch_range(self, start: int, end: int):
+        """(p0, p1): the patch rows of tokens [start, end)."""
         is_patch = self.ids == IMG_PATCH
         return int(is_patch[:start].sum()), int(is_patch[:end].sum())
 
     def slice(self, start: int, end: int) -> "Encoded":
         """Tokens [start, end) with their patches (images are kept for reference)."""
-        p0, p1 = self._patch_range(start, end)
+        p0, p1 = self.patch_range(start, end)
         return Encoded(self.ids[start:end], self.patches[p0:p1], self.patch_slot[p0:p1], self.images)
 
     def cat(self, other: "Encoded") -> "Encoded":

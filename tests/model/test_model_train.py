@@ -465,3 +465,21 @@ def test_patch_supervision_adds_a_loss_and_stays_out_of_the_checkpoint(tmp_path)
     net2, meta = load_checkpoint("smoke-msa", tmp_path / "ck")
     assert not any(k.startswith("patch_supervision") for k in net2.state_dict())
     assert meta["train"]["patch_aux_weight"] == 0.5
+
+
+def test_train_only_index_moves_the_index_projections_alone(tmp_path):
+    """--train-only index: after a warm-started run, wiq/wik changed and every other weight is bit-identical;
+    the card says so; a dense model is refused by name."""
+    torch.set_num_threads(1)
+    assert T.main(_args(tmp_path, "--steps", "1")) == 0
+    before = load_checkpoint("smoke-msa", tmp_path / "ck")[0].state_dict()
+    out = tmp_path / "idx"
+    assert T.main(["--smoke", "--no-progress", "--out-dir", str(out / "ck"), "--log-dir", str(out / "log"),
+                   "--steps", "3", "--init-from", str(tmp_path / "ck"), "--train-only", "index", "--lr", "1e-2"]) == 0
+    net, meta = load_checkpoint("smoke-msa", out / "ck")
+    changed = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".wiq." in k or ".wik." in k for k in changed)
+    assert meta["train"]["train_only"] == "index"
+    with pytest.raises(ValueError, match="no index branch"):
+        T.train(T.TrainConfig(model="dense-200k", smoke=False, train_only="index", max_steps=1, device="cpu",
+                              out_dir=str(tmp_path / "d"), log_dir=str(tmp_path / "dl"), progress=False))
