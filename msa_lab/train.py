@@ -628,6 +628,7 @@ CARD_MODEL = """
 | parameters | {n_params:,} ({bytes_mib:.1f} MiB fp16) |
 | context limit | {limit} |
 | length extrapolation | {length_scale} |
+| images | {images} |
 | steps | {steps:,} |
 | tokens seen | {tokens:,} |
 | training time | {minutes:.1f} min on {device} |
@@ -653,6 +654,13 @@ def _runs_text(tr: dict) -> str:
         return this
     return (f"{prev.get('steps') or 0:,} steps / {(prev.get('seconds') or 0) / 60:.1f} min (`{prev.get('command')}`), "
             f"then warm-started: {this}")
+
+
+def _images_text(cfg: dict) -> str:
+    size, patch = cfg.get("image_size", 64), cfg.get("patch_size", 8)
+    enc = cfg.get("vision_layers") or 0
+    return (f"resized to {size}x{size} px, {patch}-px patches ({(size // patch) ** 2} tokens per image); "
+            + (f"vision encoder: {enc} bidirectional layers over each image" if enc else "no vision encoder"))
 
 
 def _eval_text(res: dict, sha256: str) -> str:
@@ -714,7 +722,8 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
             minutes=tr.get("total_seconds", tr.get("seconds", 0)) / 60,
             device=tr.get("device", "?"), final_loss=tr.get("final_loss", "?"), sha256=meta["sha256"],
             runs=_runs_text(tr), command=tr.get("command", "?"),
-            pose_max=cfg.get("max_context") or cfg["pose_max_position"], log=tr.get("log", "?"), eval=ev_text))
+            pose_max=cfg.get("max_context") or cfg["pose_max_position"], log=tr.get("log", "?"), eval=ev_text,
+            images=_images_text(cfg)))
     path = out_dir / "README.md"
     path.write_text("".join(parts))
     return path
