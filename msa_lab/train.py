@@ -107,7 +107,7 @@ class TrainConfig:
     token_conv: Optional[int] = None  # ModelConfig.token_conv override (None: the preset's, 0 = off)
     image_size: Optional[int] = None  # ModelConfig.image_size override (None: the warm start's, else the preset's)
     patch_stem: Optional[int] = None  # ModelConfig.patch_stem override (None: the warm start's, else the preset's)
-    vision_layers: Optional[int] = None  # ModelConfig.vision_layers override (None: the warm start's, else the preset's)
+    vision_layers: Optional[int] = None  # ModelConfig.vision_layers (None: the warm start's, else the preset's)
     # processes that draw and encode batches ahead of the device (None: 0 on a CPU, where the trainer itself
     # needs the cores; on a GPU, up to 8, leaving two cores); 0 = one background thread
     data_workers: Optional[int] = None
@@ -315,8 +315,8 @@ def patch_labels(ex: dict, cfg: ModelConfig) -> torch.Tensor:
 
 
 class PatchSupervision(torch.nn.Module):
-    """One linear head per PATCH_HEADS entry on each patch token's hidden state: the vision encoder's output (normed) where
-    the model has one, else the LM's final normed state."""
+    """One linear head per PATCH_HEADS entry on each patch token's hidden state: the vision encoder's output
+    (normed) where the model has one, else the LM's final normed state."""
 
     def __init__(self, d_model: int):
         super().__init__()
@@ -562,8 +562,8 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
                 length_scale_base=net.cfg.length_scale_base)  # no weight depends on it
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
-                         f"{net.cfg.name} beyond attention, context limit, length scale, token_conv, patch stem and image "
-                         f"size; "
+                         f"{net.cfg.name} beyond attention, context limit, length scale, token_conv, patch stem, "
+                         f"vision layers and image size; "
                          f"start from scratch or use a matching checkpoint.")
     if src.cfg.token_conv and src.cfg.token_conv != net.cfg.token_conv:
         raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "

@@ -27,7 +27,9 @@ from .layers import RMSNorm, SwiGLU
 def image_spans(patch_slot: torch.Tensor) -> List[tuple]:
     """[(start, end)] row ranges of the images in patch_slot int64 [P]: an image starts where a slot is not
     the previous slot + 1 (each image's slots run 0, 1, ..., so a new image restarts at 0; a truncated
-    image keeps the run it has)."""
+    image keeps the run it has). Known limit: were a truncation to cut the end of one image and the start of
+    the next so that their remaining slots happened to continue each other, the two pieces would be encoded
+    as one; whole images (every prompt, and every chunk of a prefill) never are."""
     if patch_slot.numel() == 0:
         return []
     s = patch_slot.detach().cpu()
