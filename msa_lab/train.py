@@ -543,6 +543,11 @@ def load_resume(net, opt, tc: TrainConfig) -> dict:
     return info["state"]
 
 
+# Optional parts of the model (ModelConfig fields, 0 = off) that come with a warm start unless a flag of the
+# same name overrides them; each starts as a no-op when added to a checkpoint without it
+ADDED_PARTS = ("token_conv", "patch_stem", "vision_layers")
+
+
 def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None) -> None:
     """Load the weights of <directory>/<source>.safetensors (sha256-checked; source defaults to this run's
     model) into net; the optimizer and the schedule start fresh. For a further run when the resume state
@@ -557,26 +562,19 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     source = source or net.cfg.name
     src, _ = load_checkpoint(source, Path(directory), device="cpu")
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
-                token_conv=net.cfg.token_conv, image_size=net.cfg.image_size, patch_stem=net.cfg.patch_stem,
-                vision_layers=net.cfg.vision_layers,
-                length_scale_base=net.cfg.length_scale_base)  # no weight depends on it
+                image_size=net.cfg.image_size, length_scale_base=net.cfg.length_scale_base,  # no weight depends on it
+                **{f: getattr(net.cfg, f) for f in ADDED_PARTS})
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
                          f"{net.cfg.name} beyond attention, context limit, length scale, token_conv, patch stem, "
                          f"vision layers and image size; "
                          f"start from scratch or use a matching checkpoint.")
-    if src.cfg.token_conv and src.cfg.token_conv != net.cfg.token_conv:
-        raise ValueError(f"--init-from {directory}: the checkpoint has token_conv={src.cfg.token_conv} and this run "
-                         f"{net.cfg.token_conv}; leave out --token-conv (the checkpoint's is used) or pass "
-                         f"--token-conv {src.cfg.token_conv}.")
-    if src.cfg.patch_stem and src.cfg.patch_stem != net.cfg.patch_stem:
-        raise ValueError(f"--init-from {directory}: the checkpoint has patch_stem={src.cfg.patch_stem} and this run "
-                         f"{net.cfg.patch_stem}; leave out --patch-stem (the checkpoint's is used) or pass "
-                         f"--patch-stem {src.cfg.patch_stem}.")
-    if src.cfg.vision_layers and src.cfg.vision_layers != net.cfg.vision_layers:
-        raise ValueError(f"--init-from {directory}: the checkpoint has vision_layers={src.cfg.vision_layers} and this "
-                         f"run {net.cfg.vision_layers}; leave out --vision-layers (the checkpoint's is used) or pass "
-                         f"--vision-layers {src.cfg.vision_layers}.")
+    for f in ADDED_PARTS:  # a part the checkpoint has must keep its size (a new one starts as a no-op)
+        have, want = getattr(src.cfg, f), getattr(net.cfg, f)
+        if have and have != want:
+            flag = "--" + f.replace("_", "-")
+            raise ValueError(f"--init-from {directory}: the checkpoint has {f}={have} and this run {want}; leave out "
+                             f"{flag} (the checkpoint's is used) or pass {flag} {have}.")
     own = net.state_dict()
     state = {k: v.float() for k, v in src.state_dict().items()
              if net.cfg.sparse or not k.endswith(("wiq.weight", "wik.weight"))}  # dense-200k has no index branch
@@ -738,16 +736,12 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
 
         try:
             src = read_meta(tc.init_model or cfg.name, Path(tc.init_from))["config"]
-            src.setdefault("token_conv", 0)  # written before TokenConv existed
-            src.setdefault("patch_stem", 0)
-            src.setdefault("vision_layers", 0)
+            for f in ADDED_PARTS:  # a checkpoint written before the part existed has it off
+                src.setdefault(f, 0)
         except CheckpointNotFound:
             pass  # warm_start names the missing file
-    conv = tc.token_conv if tc.token_conv is not None else src.get("token_conv", cfg.token_conv)
-    stem = tc.patch_stem if tc.patch_stem is not None else src.get("patch_stem", cfg.patch_stem)
-    vision = tc.vision_layers if tc.vision_layers is not None else src.get("vision_layers", cfg.vision_layers)
-    return cfg.replace(token_conv=conv, image_size=tc.image_size or src.get("image_size", cfg.image_size),
-                       patch_stem=stem, vision_layers=vision)
+    parts = {f: getattr(tc, f) if getattr(tc, f) is not None else src.get(f, getattr(cfg, f)) for f in ADDED_PARTS}
+    return cfg.replace(image_size=tc.image_size or src.get("image_size", cfg.image_size), **parts)
 
 
 def resize_patch_pos(weight: torch.Tensor, patches: int) -> torch.Tensor:

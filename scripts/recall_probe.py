@@ -15,7 +15,6 @@ import json
 import time
 
 import numpy as np
-import torch
 
 from msa_lab.api import load_model, selection_ceiling
 from msa_lab.eval import _examples, _versions, indexer_recall
@@ -44,7 +43,6 @@ def main() -> None:
     ap.add_argument("--checkpoint-dir", default=None)
     ap.add_argument("--lengths", default="1024,2048,4096")
     a = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     lengths = tuple(int(x) for x in a.lengths.split(","))
     t0 = time.perf_counter()
     tiny = load_model("msa-tiny", "cpu", checkpoint_dir=a.checkpoint_dir)
