@@ -108,6 +108,10 @@ class TrainConfig:
     image_size: Optional[int] = None  # ModelConfig.image_size override (None: the warm start's, else the preset's)
     patch_stem: Optional[int] = None  # ModelConfig.patch_stem override (None: the warm start's, else the preset's)
     vision_layers: Optional[int] = None  # ModelConfig.vision_layers (None: the warm start's, else the preset's)
+    attention_sink: Optional[int] = None  # ModelConfig.attention_sink (None: the warm start's, else the preset's)
+    # the sink offsets learn at lr * sink_lr_scale: from zero they must grow to a key that outscores thousands of
+    # keys (|offset| ~ 20 against key norms of ~8), which at the trunk's lr would take thousands of steps
+    sink_lr_scale: float = 25.0
     # processes that draw and encode batches ahead of the device (None: 0 on a CPU, where the trainer itself
     # needs the cores; on a GPU, up to 8, leaving two cores); 0 = one background thread
     data_workers: Optional[int] = None
@@ -545,7 +549,7 @@ def load_resume(net, opt, tc: TrainConfig) -> dict:
 
 # Optional parts of the model (ModelConfig fields, 0 = off) that come with a warm start unless a flag of the
 # same name overrides them; each starts as a no-op when added to a checkpoint without it
-ADDED_PARTS = ("token_conv", "patch_stem", "vision_layers")
+ADDED_PARTS = ("token_conv", "patch_stem", "vision_layers", "attention_sink")
 
 
 def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None) -> None:
@@ -567,7 +571,7 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
                          f"{net.cfg.name} beyond attention, context limit, length scale, token_conv, patch stem, "
-                         f"vision layers and image size; "
+                         f"vision layers, attention sink and image size; "
                          f"start from scratch or use a matching checkpoint.")
     for f in ADDED_PARTS:  # a part the checkpoint has must keep its size (a new one starts as a no-op)
         have, want = getattr(src.cfg, f), getattr(net.cfg, f)
@@ -587,7 +591,7 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity, so the
     # network computes what the checkpoint did; likewise a dense source leaves msa-tiny's index branch fresh
     # and a new patch stem starts with a zero output layer
-    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.", "vision.") + ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ())
+    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.", "vision.", "attn.sink_") + ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ())
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not any(f in k for f in fresh_ok) for k in missing):
         raise ValueError(f"--init-from {directory}: weights do not match this run's model "
@@ -709,7 +713,7 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
         if ev.is_file():
             ev_text = _eval_text(json.loads(ev.read_text()), meta["sha256"]) or ev_text
         parts.append(CARD_MODEL.format(
-            name=meta["name"], attention=cfg["attention"], n_params=meta["n_params"], bytes_mib=meta["bytes"] / 2**20,
+            name=meta["name"], n_params=meta["n_params"], bytes_mib=meta["bytes"] / 2**20,
             limit=f"{cfg['max_context']:,} tokens" if cfg.get("max_context") else "none (memory-bound)",
             length_scale=(f"logits x ln(n) / ln({cfg['length_scale_base']:,}) for a query seeing n > "
                           f"{cfg['length_scale_base']:,} keys (`ModelConfig.length_scale_base`; no weight depends on it)"
@@ -721,7 +725,9 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
             device=tr.get("device", "?"), final_loss=tr.get("final_loss", "?"), sha256=meta["sha256"],
             runs=_runs_text(tr), command=tr.get("command", "?"),
             pose_max=cfg.get("max_context") or cfg["pose_max_position"], log=tr.get("log", "?"), eval=ev_text,
-            images=_images_text(cfg)))
+            images=_images_text(cfg), attention=cfg["attention"] + (
+                "; a learned attention sink on the first token (`ModelConfig.attention_sink`)"
+                if cfg.get("attention_sink") else "")))
     path = out_dir / "README.md"
     path.write_text("".join(parts))
     return path
@@ -768,12 +774,15 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         net.patch_supervision = PatchSupervision(cfg.d_model)
     net = net.to(device)
     net.backend = tc.backend
-    # TokenConv taps start at the identity: decaying them would pull the layer toward zero input
-    decay = [p for n, p in net.named_parameters() if p.dim() >= 2 and "token_conv" not in n]
+    # TokenConv taps start at the identity: decaying them would pull the layer toward zero input; the sink
+    # offsets start at zero and have their own lr (TrainConfig.sink_lr_scale)
+    sink = [p for n, p in net.named_parameters() if ".attn.sink_" in n]
+    decay = [p for n, p in net.named_parameters() if p.dim() >= 2 and "token_conv" not in n and ".attn.sink_" not in n]
     no_decay = [p for n, p in net.named_parameters() if p.dim() < 2 or "token_conv" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95),
-                            fused=device.type == "cuda")
+    groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if sink:
+        groups.append({"params": sink, "weight_decay": 0.0, "lr_scale": tc.sink_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
     log_path = Path(tc.log_dir) / cfg.name / "log.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     state = {"step": 0, "seconds": 0.0, "tokens": 0, "runs": []}
@@ -822,7 +831,7 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
             mode = "train_dense" if phase == "dense" else "train_sparse"
             lr = lr_at(state["step"], p, tc)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)
             with amp:
                 out = compute_loss(net, batch, positions, mode, tc, rng, device)
             opt.zero_grad(set_to_none=True)
@@ -926,6 +935,11 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--vision-layers", type=int, default=None, metavar="N",
                     help="bidirectional encoder layers over each image (ModelConfig.vision_layers; default: the warm "
                          "start's, 0 = off)")
+    ap.add_argument("--attention-sink", type=int, default=None, choices=[0, 1],
+                    help="learned key/value offsets on the first token, a sink every query can park attention in "
+                         "(ModelConfig.attention_sink; default: the warm start's, 0 = off)")
+    ap.add_argument("--sink-lr-scale", type=float, default=d.sink_lr_scale,
+                    help="the sink offsets' lr as a multiple of --lr")
     ap.add_argument("--data-workers", type=int, default=None, metavar="N",
                     help="processes drawing batches ahead (default: 0 on a CPU, up to 8 on a GPU; 0 = one thread)")
     ap.add_argument("--patch-aux-weight", type=float, default=d.patch_aux_weight,

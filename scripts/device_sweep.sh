@@ -5,7 +5,8 @@
 #   TRAIN_MIN=7 JOBS='a|msa-tiny|--init-from data/checkpoints --seq-end 4096' bash scripts/device_sweep.sh
 # A job's args may hold phases separated by ' >> ': each phase warm-starts from the one before (give each
 # phase its own --minutes; TRAIN_MIN is the default). Phase i logs to <tag>/logs<i>; the last one is <tag>.
-# On a machine of several GPUs, job i runs on GPU i mod (number of GPUs).
+# On a machine of several GPUs, job i runs on GPU i mod (number of GPUs). RECALL=2K,4K,8K adds indexer recall
+# at k = 16 (and the first block's share of the dense mass) to the quick eval.
 set -u
 export PYTHONUNBUFFERED=1 MSA_LAB_AUTOTUNE=${MSA_LAB_AUTOTUNE:-0} OMP_NUM_THREADS=4 PYTHONPATH=$PWD
 M=${TRAIN_MIN:-7}
@@ -64,7 +65,8 @@ j=0
 for spec in "${SPECS[@]}"; do  # side by side, like the training
   IFS='|' read -r tag model args <<< "$spec"
   CUDA_VISIBLE_DEVICES=$((j % NGPU)) timeout ${EVAL_S:-60} python scripts/quick_eval.py --checkpoint-dir $W/$tag --models $model --out $W/$tag/quick_eval.json \
-    --lengths ${EVAL_LENGTHS:-1024,4096,16384} --n ${EVAL_N:-3} --n-vision ${N_VISION:-20} > $W/$tag/quick_eval.txt 2>&1 &
+    --lengths ${EVAL_LENGTHS:-1024,4096,16384} --n ${EVAL_N:-3} --n-vision ${N_VISION:-20} ${RECALL:+--recall $RECALL} \
+    > $W/$tag/quick_eval.txt 2>&1 &
   j=$((j + 1))
 done
 wait

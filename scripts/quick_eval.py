@@ -18,7 +18,7 @@ import torch
 
 from msa_lab.api import load_model
 from msa_lab.bench import parse_lengths
-from msa_lab.eval import _versions, gui_click_accuracy, image_qa_accuracy, niah_grid
+from msa_lab.eval import _examples, _versions, gui_click_accuracy, image_qa_accuracy, indexer_recall, niah_grid
 
 
 def main() -> None:
@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2, help="NIAH questions per (length, depth)")
     ap.add_argument("--n-vision", type=int, default=20, help="GUI and image-QA examples (0: skip them)")
     ap.add_argument("--seed", type=int, default=0, help="NIAH seed (1 = held out from the shipped evals)")
+    ap.add_argument("--recall", default="", help="indexer recall at k = 16 at these lengths (MSA models), e.g. 2K,4K,8K")
     ap.add_argument("--device", default=None)
     a = ap.parse_args()
     lengths = parse_lengths(a.lengths)
@@ -49,6 +50,22 @@ def main() -> None:
             r["image_qa"] = image_qa_accuracy(model, n=a.n_vision, seed=12345)
             line += (f" gui {r['gui']['accuracy']:.2f} (kind {r['gui']['kind_accuracy']:.2f}; {r['gui']['by_target']})"
                      f" image_qa {r['image_qa']['accuracy']:.2f} ({r['image_qa']['by_kind']})")
+        if a.recall and model.config.sparse:
+            rec = indexer_recall(model, lengths=parse_lengths(a.recall), top_k=16)
+            by_len = rec.groupby("length")[["recall", "ceiling"]].mean().round(3)
+            r["recall_k16"] = {"recall_by_length": by_len["recall"].to_dict(), "ceiling_by_length": by_len["ceiling"].to_dict(),
+                               "recall": round(float(rec["recall"].mean()), 3),
+                               "ceiling": round(float(rec["ceiling"].mean()), 3),
+                               "by_layer": rec.groupby("layer")["recall"].mean().round(3).to_dict()}
+            # how much dense mass the first block (the attention sink's) holds, per layer, for queries past 16 blocks
+            longest = max(parse_lengths(a.recall))
+            ex = next(iter(_examples("niah_single", 1, 0, length=longest)))
+            cap = model.capture(ex["prompt"], dense_limit=longest + 16)
+            far = 16 * cap.block_size
+            r["recall_k16"]["block0_mass_by_layer"] = {
+                "length": longest, "mass": [round(float(m[:, far:, 0].mean()), 3) for m in cap.block_mass]}
+            line += (f" recall k=16 {r['recall_k16']['recall']} {r['recall_k16']['recall_by_length']}"
+                     f" block-0 mass at {longest} {r['recall_k16']['block0_mass_by_layer']['mass']}")
         r["seconds"] = round(time.perf_counter() - t0, 1)
         res["models"][name] = r
         print(f"{line} [{r['seconds']} s]", flush=True)

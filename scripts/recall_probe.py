@@ -41,7 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--checkpoint-dir", default=None)
-    ap.add_argument("--lengths", default="1024,2048,4096")
+    ap.add_argument("--lengths", default="2048,4096,8192")
     a = ap.parse_args()
     lengths = tuple(int(x) for x in a.lengths.split(","))
     t0 = time.perf_counter()

@@ -67,6 +67,12 @@ class ModelConfig:
     # bidirectional transformer layers over each image's patches before the LM (0 = off, the checkpoints
     # shipped before it); n_heads heads, SwiGLU of 2 * d_model. Why: msa_lab.model.vision_encoder
     vision_layers: int = 0
+    # learned key and value offsets (per layer and KV head) added to the sequence's first token, which is always
+    # BOS and always inside the forced init block (1 = on, 0 = off, the checkpoints shipped before it). Why: a head
+    # with nothing to look up spreads its mass thinly over every block; a sink it can match from any query lets it
+    # park that mass in a block MSA always keeps (StreamingLLM's learned sink token, Xiao et al. 2023). Both
+    # offsets start at zero, so a warm start computes what the checkpoint did.
+    attention_sink: int = 0
     # --- limits ---
     max_context: Optional[int] = None  # hard limit in tokens (dense-200k: 204,800); None = memory-bound only
     # --- length extrapolation of dense attention (None = off) ---
@@ -107,6 +113,8 @@ class ModelConfig:
         if not isinstance(self.vision_layers, int) or isinstance(self.vision_layers, bool) or \
                 not 0 <= self.vision_layers <= 8:
             raise ValueError(f"ModelConfig.vision_layers={self.vision_layers!r} must be 0 (off) or a layer count in 1..8.")
+        if self.attention_sink not in (0, 1) or isinstance(self.attention_sink, bool):
+            raise ValueError(f"ModelConfig.attention_sink={self.attention_sink!r} must be 0 (off) or 1 (on).")
         if self.patch_stem and self.patch_size % 4:
             raise ValueError(f"ModelConfig.patch_stem needs patch_size divisible by 4 (two stride-2 convolutions), "
                              f"got patch_size={self.patch_size}; use patch_size 8 or 16, or patch_stem=0.")

@@ -193,6 +193,9 @@ class Attention(nn.Module):
         if cfg.sparse:
             self.wiq = nn.Linear(d, Hkv * cfg.index_dim, bias=False)
             self.wik = nn.Linear(d, cfg.index_key_heads * cfg.index_dim, bias=False)
+        if cfg.attention_sink:  # ModelConfig.attention_sink: offsets on the first token's key and value
+            self.sink_k = nn.Parameter(torch.zeros(Hkv, D))
+            self.sink_v = nn.Parameter(torch.zeros(Hkv, D))
 
     def _heads(self, x: torch.Tensor, h: int) -> torch.Tensor:
         B, N, _ = x.shape
@@ -200,8 +203,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, mode: str = "ops",
                 cache=None, record: Optional[Callable] = None, aux: Optional[dict] = None,
-                backend: Optional[str] = None) -> torch.Tensor:
-        """x [B, N, d] (already normed) -> [B, N, d]. cache: a LayerCache the new keys are appended to."""
+                backend: Optional[str] = None, first: bool = False) -> torch.Tensor:
+        """x [B, N, d] (already normed) -> [B, N, d]. cache: a LayerCache the new keys are appended to.
+        first: x[:, 0] is the sequence's first token (it takes the attention-sink offsets)."""
         cfg = self.cfg
         # the indexer never sends gradient into the trunk: its inputs are detached in training (its own
         # convolution taps still learn from the KL loss)
@@ -224,6 +228,9 @@ class Attention(nn.Module):
         q = apply_rope(self._heads(self.wq(xq), cfg.n_heads), cos, sin)  # [B, Hq, N, D]
         k = apply_rope(self._heads(self.wk(xk), cfg.n_kv_heads), cos, sin)  # [B, Hkv, N, D]
         v = self._heads(self.wv(xv), cfg.n_kv_heads)
+        if first and cfg.attention_sink:
+            k, v = (torch.cat([t[:, :, :1] + off[None, :, None].to(t.dtype), t[:, :, 1:]], dim=2)
+                    for t, off in ((k, self.sink_k), (v, self.sink_v)))
         iq = ik = None
         if cfg.sparse:
             iq = self._heads(self.wiq(xiq), cfg.n_kv_heads)  # [B, Hkv, N, Di], NoPE

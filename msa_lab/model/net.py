@@ -95,6 +95,9 @@ class MSATransformer(nn.Module):
             if p.dim() == 1:
                 nn.init.ones_(p) if name.endswith("norm.weight") else nn.init.zeros_(p)
                 continue
+            if name.endswith(("attn.sink_k", "attn.sink_v")):
+                nn.init.zeros_(p)  # the attention sink starts as a no-op (ModelConfig.attention_sink)
+                continue
             if name.endswith("token_conv.weight") or name.startswith("patch_stem."):
                 continue  # TokenConv.reset_identity and PatchStem.reset_parameters below
             std = out_std if name.endswith(("wo.weight", "w_down.weight")) else 0.02
@@ -194,7 +197,7 @@ class MSATransformer(nn.Module):
         x = self.embed_inputs(ids, patches, patch_slot, patch_embeds)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mode=mode, cache=None if caches is None else caches.layers[i], record=record,
-                      aux=aux, backend=self.backend)
+                      aux=aux, backend=self.backend, first=start == 0 and N > 0)
         if caches is not None:
             caches.length += N
         if last_only:

@@ -81,3 +81,15 @@ def test_default_niah_lengths_by_device_and_model():
     # dense-200k: up to its limit, with room for the answer (a longer prompt would be truncated)
     assert E.default_lengths(fake("cuda", 204_800)) == (4096, 16384, 65536, 204_800 - E.NIAH_MAX_NEW_TOKENS)
     assert E.default_lengths(fake("cuda", 204_800), quick=True) == (1024, 4096)
+
+
+@pytest.mark.parametrize("block, quick, expected", [
+    (64, False, (2048, 4096, 8192)), (64, True, (2048,)),  # msa-tiny: 1,024 tokens would be all 16 blocks
+    (128, False, (4096, 8192)), (512, False, (17408,)),
+])
+def test_recall_lengths_leave_blocks_out_at_k16(block, quick, expected):
+    from types import SimpleNamespace
+
+    lengths = E.recall_lengths(SimpleNamespace(config=SimpleNamespace(block_size=block)), quick)
+    assert lengths == expected
+    assert all(n > 16 * block for n in lengths)
