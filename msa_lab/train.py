@@ -533,7 +533,8 @@ def load_resume(net, opt, tc: TrainConfig) -> dict:
     if not (wpath.is_file() and jpath.is_file()):
         raise FileNotFoundError(f"--resume: no resume state at {jpath} / {wpath}; start without --resume.")
     info = json.loads(jpath.read_text())
-    if info["model_config"] != net.cfg.to_dict():
+    # a key the saved config lacks is a part added to ModelConfig since; its default is "off"
+    if {**net.cfg.to_dict(), **info["model_config"]} != net.cfg.to_dict():
         raise ValueError(f"--resume: {jpath} was written for another model config; start a fresh run "
                          f"(without --resume) or restore the matching files.")
     t = load_file(str(wpath))
@@ -737,7 +738,12 @@ def render_card(out_dir: Path, eval_dir: Optional[Path] = None) -> Path:
 def build_model_config(tc: TrainConfig) -> ModelConfig:
     cfg = small_config("msa", name="smoke-msa") if tc.smoke else model_config(tc.model)
     src: dict = {}
-    if tc.init_from:  # the warm start's architecture (TokenConv, image size) comes with it unless overridden
+    saved = _resume_paths(tc, cfg.name)[1]
+    if tc.resume and saved.is_file():  # a resumed run keeps the architecture it saved, parts of its warm start included
+        src = dict(json.loads(saved.read_text())["model_config"])
+        for f in ADDED_PARTS:  # a state saved before the part existed has it off
+            src.setdefault(f, 0)
+    elif tc.init_from:  # the warm start's architecture (TokenConv, image size) comes with it unless overridden
         from .model.checkpoint import CheckpointNotFound, read_meta
 
         try:

@@ -2,6 +2,8 @@
 # Two GPU calls on the same warm machine (2026-11-27, ninth session): msa-tiny's vision recipe of the eighth
 # session (run f64, scripts/device_vision_encoder.sh) continued for ~15 minutes from the shipped msa-tiny, one
 # schedule (--total-minutes) over two calls. The machine keeps /tmp/vl between calls while it is warm (30 s).
+# As run, part 2 failed: --resume rebuilt the preset's config instead of the saved one (fixed in msa_lab.train
+# since), so only part 1 trained (1,385 steps, 500 s, to 55% of the 15.3-minute schedule).
 #   PART=1 bash scripts/device_vision_long.sh     (trains, saves resume state; a fp16 copy comes back)
 #   PART=2 bash scripts/device_vision_long.sh     (resumes, then the quick eval of the eighth session, n 100)
 set -u
@@ -16,15 +18,15 @@ A="$A --vision-layers 2 --seq-start 1024 --seq-end 4096 --lr ${LR:-4e-4} --warmu
 A="$A --dense-warmup 0 --max-examples 512 --data-workers ${WORKERS:-14} --patch-aux-weight 1.0 --image-size 64 --save-every 2 ${EXTRA:-}"
 if [ "${PART:-1}" = 1 ]; then
   python -m msa_lab.train $A --init-from data/checkpoints --minutes ${MIN1:-8.8} --tasks $MIX > $W/train1.txt 2>&1
-  tail -n 4 $W/train1.txt
+  tail -n 15 $W/train1.txt
   cp $W/g64/msa-tiny.safetensors "$OUT/part1.msa-tiny.safetensors"; cp $W/g64/msa-tiny.json "$OUT/part1.msa-tiny.json"
 else
   python -m msa_lab.train $A --resume --minutes ${MIN2:-6.5} --tasks $MIX > $W/train2.txt 2>&1
-  tail -n 4 $W/train2.txt
+  tail -n 15 $W/train2.txt
   cp $W/g64/msa-tiny.safetensors $W/g64/msa-tiny.json "$OUT/"
   timeout ${EVAL_S:-110} python scripts/quick_eval.py --checkpoint-dir $W/g64 --models msa-tiny --out $W/quick_eval.json \
     --lengths 4096,131072 --n 2 --n-vision 100 > $W/quick_eval.txt 2>&1
   tail -n 3 $W/quick_eval.txt
 fi
-tar czf "$OUT/vl${PART:-1}.tgz" -C $W --exclude '*.safetensors' logs train*.txt quick_eval.* 2>/dev/null
+(cd $W && tar czf "$OUT/vl${PART:-1}.tgz" --exclude '*.safetensors' logs $(ls train*.txt quick_eval.* 2>/dev/null))
 ls -la "$OUT"

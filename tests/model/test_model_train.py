@@ -55,6 +55,26 @@ def test_resume_continues(tmp_path):
     assert steps and all(v == 5 for v in steps.values())  # AdamW's step counters carried over
 
 
+@pytest.mark.parametrize("sink", [0, 1])
+def test_resume_keeps_the_parts_of_its_warm_start(tmp_path, sink):
+    """A run warm-started from a checkpoint with optional parts (TokenConv, a sink) and resumed without
+    --init-from continues with them; it used to rebuild the preset's config and refuse its own state. A state
+    saved before the sink existed (no such key) resumes with the sink off."""
+    torch.set_num_threads(1)
+    T.main(_args(tmp_path / "a", "--steps", "1", "--token-conv", "3", "--attention-sink", str(sink)))
+    T.main(_args(tmp_path, "--steps", "2", "--init-from", str(tmp_path / "a" / "ck")))
+    jpath = tmp_path / "log" / "smoke-msa" / "resume.json"
+    info = json.loads(jpath.read_text())
+    assert info["model_config"]["token_conv"] == 3 and info["model_config"]["attention_sink"] == sink
+    if not sink:
+        del info["model_config"]["attention_sink"]
+        jpath.write_text(json.dumps(info))
+    T.main(_args(tmp_path, "--steps", "3", "--resume"))
+    assert [r["step"] for r in _log(tmp_path)] == [1, 2, 3]
+    net, _ = load_checkpoint("smoke-msa", tmp_path / "ck")
+    assert net.cfg.token_conv == 3 and net.cfg.attention_sink == sink
+
+
 def test_resume_without_state_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no resume state"):
         T.main(_args(tmp_path, "--resume"))
