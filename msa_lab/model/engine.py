@@ -26,6 +26,14 @@ from .tokens import BOS, EOS, Encoded, decode
 OVERFLOW_POLICIES = ("error", "truncate_left", "truncate_middle", "chunk")
 
 
+def writable_tokens(vocab_size: int, device=None) -> torch.Tensor:
+    """bool [vocab_size]: the ids decoding may produce, the 256 bytes and EOS."""
+    ok = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    ok[:256] = True
+    ok[EOS] = True
+    return ok
+
+
 class ContextTooLong(ValueError):
     """Input + new tokens exceed the model's hard context limit."""
 
@@ -216,6 +224,9 @@ class Engine:
         out: List[int] = []
         logp = 0.0
         for i in range(max_new_tokens):
+            # the model writes bytes and EOS only: a special such as IMG_PATCH fed back would need pixels it has not
+            # got (no answer in training holds one, but an odd input can still make one the likeliest token)
+            logits = logits.masked_fill(~writable_tokens(logits.shape[-1], logits.device), float("-inf"))
             tok = self._sample(logits, temperature, gen)
             logp += float(torch.log_softmax(logits, -1)[tok])
             if tok == EOS:

@@ -149,3 +149,24 @@ def test_dense_200k_limit_is_enforced_before_any_work():
     assert eng.cfg.max_context == 204_800
     with pytest.raises(ContextTooLong, match="hard limit of 204,800 tokens but the input is 204,790 tokens \\+ 64"):
         eng.generate(_enc(204_790), 64)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_decoding_writes_only_bytes_and_eos(temperature):
+    """Even when a special such as IMG_PATCH is the likeliest next token, decoding writes a byte or EOS: fed back, a
+    patch token would need pixels the answer has not got (it used to stop generate with a ValueError)."""
+    from msa_lab.model.engine import writable_tokens
+    from msa_lab.model.tokens import EOS, IMG_PATCH
+
+    torch.manual_seed(0)
+    net = MSATransformer(small_config("msa")).eval()
+    net.backend = "torch"
+    eng = Engine(net)
+    enc = Encoded(torch.tensor([BOS, 104, 105, SEP]), torch.zeros(0, net.cfg.patch_dim), torch.zeros(0, dtype=torch.long))
+    cache, logits = eng.prefill(enc, 64, extra_tokens=8, check_memory=False)
+    fake = torch.full_like(logits, -5.0)
+    fake[IMG_PATCH], fake[ord("a")] = 10.0, 1.0
+    out, logp = eng.decode_from(cache, fake, 8, temperature=temperature)
+    assert all(t < 256 for t in out) and (temperature > 0 or out[0] == ord("a"))
+    ok = writable_tokens(net.cfg.vocab_size)
+    assert ok.sum() == 257 and ok[EOS] and not ok[IMG_PATCH]

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import msa_lab
+from msa_lab.api import ActionParseError
 from msa_lab.eval import answer_ok
 from msa_lab.model.engine import ContextTooLong
 from msa_lab.tasks import iter_task
@@ -48,8 +49,19 @@ def test_act_maps_back_to_original_pixels(tiny):
     assert act.kind in ("click", "type", "scroll")
     if act.x is not None:
         assert 0 <= act.x < img.width and 0 <= act.y < img.height
-    odd = Image.new("LA", (333, 97), (120, 255))  # any mode and size is converted
-    assert tiny.act(odd, "Click the OK button").kind in ("click", "type", "scroll")
+    # any mode and size is converted: the same screen as grey + alpha at another size still gets an action, with
+    # its point inside the resized image
+    odd = img.convert("LA").resize((333, 250))
+    act = tiny.act(odd, json.loads(ex["meta"])["instruction"])
+    assert act.kind in ("click", "type", "scroll")
+    if act.x is not None:
+        assert 0 <= act.x < 333 and 0 <= act.y < 250
+    # a blank picture is no screen: the model may write no action, and then says so with what it wrote (never a
+    # crash elsewhere, such as the IMG_PATCH token it once decoded and fed back without pixels)
+    try:
+        tiny.act(Image.new("LA", (333, 97), (120, 255)), "Click the OK button")
+    except ActionParseError as e:
+        assert "the model wrote" in str(e)
 
 
 def test_bad_input_is_refused_clearly(tiny, dense):
