@@ -301,13 +301,29 @@ def recall_lengths(model: Model, quick: bool = False) -> Tuple[int, ...]:
 
 def run_eval(name: str, *, quick: bool = False, device=None, out_dir: Optional[Path] = None,
              checkpoint_dir=None, lengths: Optional[Sequence[int]] = None, n: Optional[int] = None,
-             long_n: Optional[int] = None) -> dict:
+             long_n: Optional[int] = None, niah_from=None, niah_device: Optional[str] = None) -> dict:
     """Run the evals that apply to ``name``; save data/eval/<name>.json (+ CSVs); refresh the model card.
 
     NIAH: ``n`` examples per (length, depth) up to 64K and ``long_n`` beyond (a 1M-token answer takes
     seconds even on a GPU). The dense model's lengths stop at its limit; past it, msa_lab.migration
     measures each truncation/chunking policy.
+    niah_from: a NIAH grid CSV (<name>.niah.partial.csv or .niah.csv) that an eval of the same weights already
+    measured, used instead of measuring it again, for instance a GPU run whose time box ended after its grid;
+    ``niah_device`` (required with it) says where it was measured, and both go into the JSON and the card.
     """
+    import pandas as pd
+
+    earlier = None
+    if niah_from is not None:
+        if not niah_device:
+            raise ValueError("niah_from needs niah_device: say where that grid was measured (card, torch, triton).")
+        if lengths or n or long_n:
+            raise ValueError("niah_from takes the whole NIAH grid from its file: leave out lengths, n and long_n.")
+        earlier = pd.read_csv(niah_from)
+        want = ["length", "depth", "n", "accuracy", "seconds"]
+        if list(earlier.columns) != want or earlier.empty:
+            raise ValueError(f"{niah_from}: not a NIAH grid (columns {want}, one row per length and depth); "
+                             f"got columns {list(earlier.columns)} and {len(earlier)} rows.")
     model = load_model(name, device, checkpoint_dir=checkpoint_dir)
     out_dir = Path(out_dir or EVAL_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -315,10 +331,8 @@ def run_eval(name: str, *, quick: bool = False, device=None, out_dir: Optional[P
     n = n or (1 if quick else 4)
     long_n = long_n or max(1, n // 2)
     chunk = 16384 if model.device.type == "cuda" else 4096
-    import pandas as pd
-
-    grids = []
-    for length in lengths:
+    grids = [] if earlier is None else [earlier]
+    for length in lengths if earlier is None else ():
         grids.append(niah_grid(model, lengths=[length], n=n if length <= 65536 else long_n, chunk_size=chunk,
                                overflow="error" if model.config.sparse else "truncate_middle"))
         # a long grid killed by a time box still leaves the lengths it finished
@@ -342,10 +356,13 @@ def run_eval(name: str, *, quick: bool = False, device=None, out_dir: Optional[P
     summary.update({"gui_click_accuracy": round(gui["accuracy"], 3), "image_qa_accuracy": round(iqa["accuracy"], 3)})
     for k, df in tables.items():
         df.to_csv(out_dir / f"{name}.{k}.csv", index=False)
-    (out_dir / f"{name}.niah.partial.csv").unlink(missing_ok=True)
+    partial = out_dir / f"{name}.niah.partial.csv"
+    if earlier is None or partial.resolve() != Path(niah_from).resolve():  # never delete the grid it was given
+        partial.unlink(missing_ok=True)
     result = {"model": name, "summary": summary, "gui": gui, "image_qa": iqa,
               "tables": {k: df.to_dict(orient="records") for k, df in tables.items()},
               "card": model.card, "versions": _versions(), "quick": quick,
+              **({"niah_source": {"file": Path(niah_from).name, "device": niah_device}} if earlier is not None else {}),
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     from .train import render_card
@@ -365,6 +382,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--lengths", default=None, help="NIAH lengths, e.g. 4K,64K,1M (default: by device and model)")
     ap.add_argument("--n", type=int, default=None, help="NIAH examples per length and depth up to 64K (default 4)")
     ap.add_argument("--long-n", type=int, default=None, help="... and past 64K (default n // 2)")
+    ap.add_argument("--niah-from", default=None, metavar="CSV",
+                    help="take the NIAH grid from an earlier eval of the same weights (e.g. a GPU run's "
+                         "<name>.niah.partial.csv) instead of measuring it; needs --niah-device")
+    ap.add_argument("--niah-device", default=None, help="where --niah-from's grid was measured (card, torch, triton)")
     a = ap.parse_args(argv)
     lengths = None
     if a.lengths:
@@ -372,7 +393,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         lengths = parse_lengths(a.lengths)
     res = run_eval(a.model, quick=a.quick, device=a.device, out_dir=a.out_dir, checkpoint_dir=a.checkpoint_dir,
-                   lengths=lengths, n=a.n, long_n=a.long_n)
+                   lengths=lengths, n=a.n, long_n=a.long_n, niah_from=a.niah_from, niah_device=a.niah_device)
     print(json.dumps(res["summary"]))
     return 0
 

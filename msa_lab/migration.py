@@ -331,7 +331,7 @@ def measure_migration(lengths: Sequence[int], *, models: Sequence[str] = MODELS,
                       seed: int = 0, chunk_size: int = 4096, dense_chunk_size: Optional[int] = None,
                       max_new_tokens: int = NIAH_MAX_NEW_TOKENS, limit: Optional[int] = None,
                       out=None, device=None, checkpoint_dir=None, loaded: Optional[dict] = None,
-                      time_budget_s: Optional[float] = None,
+                      time_budget_s: Optional[float] = None, shared_card: bool = False,
                       progress: Optional[Callable[[int, int, str], None]] = None) -> dict:
     """Measure both models on this device and return (and with ``out``, write) the results dict.
 
@@ -341,7 +341,8 @@ def measure_migration(lengths: Sequence[int], *, models: Sequence[str] = MODELS,
     peak memory. chunk_size: msa-tiny's prefill chunk. dense_chunk_size: dense-200k's; None = the whole
     prompt in one chunk (one causal SDPA call per layer, as a server runs a dense prefill; the engine's
     chunked dense path masks explicitly and is far slower). limit: scale dense-200k's hard limit down (CPU
-    demos; recorded as ``limit_scaled``).
+    demos; recorded as ``limit_scaled``). shared_card: other jobs ran on the device meanwhile (recorded: the
+    prefill times are then upper bounds, and the plots say so).
     out: a directory (writes ``migration-<device>.json`` there) or a .json path; rewritten after every
     length. loaded: {name: Model} to use instead of msa_lab.load_model (tests). time_budget_s: stop
     before starting a length once this much time has passed (the file says ``partial``); an interrupt
@@ -384,7 +385,7 @@ def measure_migration(lengths: Sequence[int], *, models: Sequence[str] = MODELS,
                      "max_new_tokens": max_new_tokens, "policies": list(policies),
                      "task": "niah_single", "haystack": "stdlib"},
         "models": {name: _model_info(m) for name, m in mods.items() if name in models},
-        "niah": [], "prefill": [], "partial": False,
+        "niah": [], "prefill": [], "partial": False, "shared_card": bool(shared_card),
     }
     path = _out_path(out, info["slug"]) if out is not None else None
     def runs_at(name, length):  # NIAH runs per example: one, or one per policy past the (dense) limit
@@ -663,14 +664,16 @@ def latency_series(results: dict, lengths: Sequence[int], *, policies: Sequence[
                       key=lambda r: r["length"])
         if rows:
             out.append(Series(model, model, MEASURED, [r["length"] for r in rows], [r["seconds"] for r in rows],
-                              note=f"prefill on {results['device']['name']}"))
+                              note=f"prefill on {results['device']['name']}" + (
+                                  " while other jobs shared it: upper bounds" if results.get("shared_card") else "")))
         fit = fit_latency(results, model)
         if fit is None:
             continue
         lim = MODEL_CONFIGS[model].max_context
         xs = [n for n in lengths if lim is None or n <= lim]
         out.append(Series(model, model, PROJECTED, xs, [fit(n) for n in xs],
-                          note=f"fit to {fit.points} measured point(s); shape from msa_lab.cost"))
+                          note=f"fit to {fit.points} measured point(s); shape from msa_lab.cost" + (
+                              "; measured on a shared card: upper bounds" if results.get("shared_card") else "")))
         if lim is not None:
             past = [n for n in lengths if n > lim]
             for p in policies:
@@ -790,6 +793,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--device", default=None)
     ap.add_argument("--checkpoint-dir", default=None)
     ap.add_argument("--time-budget", type=float, default=None, help="seconds; stop before a new length after it")
+    ap.add_argument("--shared-card", action="store_true",
+                    help="other jobs run on the device meanwhile: record that the prefill times are upper bounds")
     a = ap.parse_args(argv)
     try:
         lengths = parse_lengths(a.lengths)
@@ -806,7 +811,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                             chunk_size=a.chunk_size, dense_chunk_size=a.dense_chunk_size,
                             max_new_tokens=a.max_new_tokens, limit=a.limit, out=a.out,
                             device=a.device, checkpoint_dir=a.checkpoint_dir, time_budget_s=a.time_budget,
-                            progress=progress)
+                            shared_card=a.shared_card, progress=progress)
     print(summary_text(res))
     print(f"wrote {res['path']}")
     return 0
@@ -815,7 +820,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 def summary_text(res: dict) -> str:
     """A plain-text table of the results (for logs and the CLI)."""
     lines = [f"{res['device']['name']} · torch {res['torch']} · {res['date']} · limit {res['limit']:,}"
-             + (" (scaled)" if res.get("limit_scaled") else "") + (" · PARTIAL" if res.get("partial") else "")]
+             + (" (scaled)" if res.get("limit_scaled") else "") + (" · PARTIAL" if res.get("partial") else "")
+             + (" · card shared with other jobs: prefill times are upper bounds" if res.get("shared_card") else "")]
     lines.append("NIAH accuracy (model · policy · length: accuracy over depths)")
     acc: Dict[tuple, List[float]] = {}
     for r in res["niah"]:

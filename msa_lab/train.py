@@ -679,7 +679,9 @@ def _eval_text(res: dict, sha256: str) -> str:
         acc, n = by_len.get(r["length"], (0.0, 0))
         by_len[r["length"]] = (acc + r["accuracy"] * r["n"], n + r["n"])
     niah = ", ".join(f"{length:,}: {hits / max(1, n):.2f} ({n})" for length, (hits, n) in sorted(by_len.items()))
-    text = f"({where}) NIAH exact match by length (questions): {niah}. " if niah else f"({where}) "
+    src = res.get("niah_source")
+    on = f", measured on {src['device']} (`{src['file']}`)" if src else ""
+    text = f"({where}) NIAH exact match by length (questions){on}: {niah}. " if niah else f"({where}) "
     text += ", ".join(f"{k} = {v}" for k, v in summary.items() if k != "niah_accuracy")
     gui = res.get("gui") or {}
     if "kind_accuracy" in gui:

@@ -17,12 +17,19 @@ T0=$(date +%s)
 [[ " ${EVAL_MODELS-msa-tiny dense-200k} " == *" dense-200k "* ]] && \
   timeout ${EVAL_S:-280} python -m msa_lab.eval --model dense-200k --out-dir $W/eval ${DENSE_EVAL_ARGS:-} > $W/eval_dense.txt 2>&1 &
 [ "${GPU_TESTS:-1}" = 1 ] && timeout 200 python -m pytest -q -m gpu tests/gpu -p no:cacheprovider > $W/gpu_tests.txt 2>&1 &
+migration() {
+  timeout ${MIG_S:-100} python -m msa_lab.migration --lengths ${MIG_LENGTHS:-64K,204800,400000,1M} ${MIG_ARGS:-} \
+    --depths 0.1,0.5,0.9 --n 1 --time-budget $(( ${MIG_S:-100} - 30 )) --out $W/migration.json > $W/migration.txt 2>&1
+}
+# MIG_PARALLEL=1: the migration shares the card with the evals (its prefill times are then upper bounds, and
+# the results file says so)
+[ "${MIG_PARALLEL:-0}" = 1 ] && MIG_ARGS="${MIG_ARGS:-} --shared-card" migration &
 wait
-echo "== evals and GPU tests: $(( $(date +%s) - T0 )) s"
+echo "== evals and GPU tests$([ "${MIG_PARALLEL:-0}" = 1 ] && echo ' and migration'): $(( $(date +%s) - T0 )) s"
 tail -n 3 $W/eval_*.txt $W/gpu_tests.txt 2>/dev/null
-echo "== migration"; timeout ${MIG_S:-100} python -m msa_lab.migration --lengths ${MIG_LENGTHS:-64K,204800,400000,1M} ${MIG_ARGS:-} \
-  --depths 0.1,0.5,0.9 --n 1 --time-budget $(( ${MIG_S:-100} - 30 )) --out $W/migration.json 2>&1 | tail -12
-echo "== notebook 03 at 1M"; timeout ${NB_S:-150} python scripts/run_notebook.py notebooks/03_prefill_1m.ipynb --out $W/nb03 \
+[ "${MIG_PARALLEL:-0}" = 1 ] || migration
+echo "== migration"; tail -n 12 $W/migration.txt
+[ "${NB_S:-150}" -gt 0 ] && echo "== notebook 03 at 1M" && timeout ${NB_S:-150} python scripts/run_notebook.py notebooks/03_prefill_1m.ipynb --out $W/nb03 \
   -p RUN_TO_END=True -p "EXPORT_DIR='$W/nb03/exp'" > $W/nb03.log 2>&1; tail -8 $W/nb03.log
 cat $W/nb03/exp/03_prefill_summary.json 2>/dev/null | head -c 2500; echo
 } 2>&1 | tee $W/log.txt

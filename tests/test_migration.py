@@ -217,6 +217,16 @@ def test_measure_migration_writes_every_policy_and_refusal(small_models, tmp_pat
     assert pre[("msa-tiny", 512)]["seconds"] > 0 and pre[("dense-200k", 512)]["status"] == "refused"
     assert ticks[-1][0] == ticks[-1][1] == len(ticks)  # the progress total was exact
     assert d["partial"] is False and "stopped_before" not in d
+    assert d["shared_card"] is False and "upper bound" not in M.summary_text(d)
+
+
+def test_a_run_on_a_shared_card_says_its_times_are_upper_bounds(small_models, tmp_path):
+    res = M.measure_migration([256], loaded=small_models, limit=384, max_new_tokens=4, chunk_size=128, out=tmp_path,
+                              shared_card=True)
+    d = M.load_results(res["path"])
+    assert d["shared_card"] is True and "upper bounds" in M.summary_text(d).splitlines()[0]
+    measured = [s for s in M.latency_series(d, [256, 1024]) if s.kind == M.MEASURED]
+    assert measured and all("upper bounds" in s.note for s in measured)
 
 
 def test_a_run_killed_mid_way_leaves_a_file_marked_partial(small_models, tmp_path):

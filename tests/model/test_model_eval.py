@@ -93,3 +93,36 @@ def test_recall_lengths_leave_blocks_out_at_k16(block, quick, expected):
     lengths = E.recall_lengths(SimpleNamespace(config=SimpleNamespace(block_size=block)), quick)
     assert lengths == expected
     assert all(n > 16 * block for n in lengths)
+
+
+def test_eval_can_take_its_niah_grid_from_an_earlier_run(tmp_path, torch_path_models):
+    """--niah-from: the grid comes from the file (with where it was measured, in the JSON and the card), the rest is
+    measured; a grid without its device, with other columns, or with lengths to measure is refused."""
+    import json
+    import shutil
+
+    from msa_lab.model.checkpoint import REPO_ROOT
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for f in ("msa-tiny.json", "msa-tiny.safetensors"):
+        shutil.copy(REPO_ROOT / "data" / "checkpoints" / f, ck / f)
+    grid = tmp_path / "grid.csv"
+    grid.write_text("length,depth,n,accuracy,seconds\n4096,0.5,2,1.0,0.7\n1048576,0.5,2,0.5,14.0\n")
+    with pytest.raises(ValueError, match="niah_device"):
+        E.run_eval("msa-tiny", quick=True, device="cpu", out_dir=tmp_path, checkpoint_dir=ck, niah_from=grid)
+    with pytest.raises(ValueError, match="leave out lengths"):
+        E.run_eval("msa-tiny", quick=True, device="cpu", out_dir=tmp_path, checkpoint_dir=ck, niah_from=grid,
+                   niah_device="X", lengths=(1024,))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("length,accuracy\n4096,1.0\n")
+    with pytest.raises(ValueError, match="not a NIAH grid"):
+        E.run_eval("msa-tiny", quick=True, device="cpu", out_dir=tmp_path, checkpoint_dir=ck, niah_from=bad,
+                   niah_device="X")
+    res = E.run_eval("msa-tiny", quick=True, device="cpu", out_dir=tmp_path, checkpoint_dir=ck, niah_from=grid,
+                     niah_device="Some GPU (torch 9)")
+    assert res["niah_source"] == {"file": "grid.csv", "device": "Some GPU (torch 9)"}
+    assert [r["length"] for r in res["tables"]["niah"]] == [4096, 1048576] and res["summary"]["niah_accuracy"] == 0.75
+    assert "indexer_recall_k16" in res["summary"] and json.loads((tmp_path / "msa-tiny.json").read_text())["niah_source"]
+    card = (ck / "README.md").read_text()
+    assert "measured on Some GPU (torch 9) (`grid.csv`): 4,096: 1.00 (2), 1,048,576: 0.50 (2)" in card
