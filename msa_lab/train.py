@@ -110,8 +110,9 @@ class TrainConfig:
     vision_layers: Optional[int] = None  # ModelConfig.vision_layers (None: the warm start's, else the preset's)
     attention_sink: Optional[int] = None  # ModelConfig.attention_sink (None: the warm start's, else the preset's)
     # the sink offsets learn at lr * sink_lr_scale: from zero they must grow to a key that outscores thousands of
-    # keys (|offset| ~ 20 against key norms of ~8), which at the trunk's lr would take thousands of steps
-    sink_lr_scale: float = 25.0
+    # keys (|offset| ~ 20 against key norms of ~8), which at the trunk's lr would take thousands of steps. The one
+    # run so far (50x, 500 steps; data/train/probes/sink-2026-11-27) left them at 0.3-0.6: no consistent gradient
+    sink_lr_scale: float = 50.0
     # processes that draw and encode batches ahead of the device (None: 0 on a CPU, where the trainer itself
     # needs the cores; on a GPU, up to 8, leaving two cores); 0 = one background thread
     data_workers: Optional[int] = None
