@@ -651,6 +651,11 @@ def fit_latency(results: dict, model: str) -> Optional[LatencyFit]:
     return LatencyFit(model, float(coef[0]), float(coef[1]), len(pts), cfg, n_params)
 
 
+def _shared_note(results: dict, sep: str = "; ") -> str:
+    """What a results file measured with other jobs on the card (``shared_card``) says next to its prefill times."""
+    return f"{sep}card shared with other jobs: prefill times are upper bounds" if results.get("shared_card") else ""
+
+
 def latency_series(results: dict, lengths: Sequence[int], *, policies: Sequence[str] = ("truncate_middle", "chunk"),
                    output_tokens: int = 16) -> List[Series]:
     """Measured prefill seconds per model, and the fitted projection over ``lengths``.
@@ -664,16 +669,14 @@ def latency_series(results: dict, lengths: Sequence[int], *, policies: Sequence[
                       key=lambda r: r["length"])
         if rows:
             out.append(Series(model, model, MEASURED, [r["length"] for r in rows], [r["seconds"] for r in rows],
-                              note=f"prefill on {results['device']['name']}" + (
-                                  " while other jobs shared it: upper bounds" if results.get("shared_card") else "")))
+                              note=f"prefill on {results['device']['name']}" + _shared_note(results)))
         fit = fit_latency(results, model)
         if fit is None:
             continue
         lim = MODEL_CONFIGS[model].max_context
         xs = [n for n in lengths if lim is None or n <= lim]
         out.append(Series(model, model, PROJECTED, xs, [fit(n) for n in xs],
-                          note=f"fit to {fit.points} measured point(s); shape from msa_lab.cost" + (
-                              "; measured on a shared card: upper bounds" if results.get("shared_card") else "")))
+                          note=f"fit to {fit.points} measured point(s); shape from msa_lab.cost" + _shared_note(results)))
         if lim is not None:
             past = [n for n in lengths if n > lim]
             for p in policies:
@@ -821,7 +824,7 @@ def summary_text(res: dict) -> str:
     """A plain-text table of the results (for logs and the CLI)."""
     lines = [f"{res['device']['name']} · torch {res['torch']} · {res['date']} · limit {res['limit']:,}"
              + (" (scaled)" if res.get("limit_scaled") else "") + (" · PARTIAL" if res.get("partial") else "")
-             + (" · card shared with other jobs: prefill times are upper bounds" if res.get("shared_card") else "")]
+             + _shared_note(res, " · ")]
     lines.append("NIAH accuracy (model · policy · length: accuracy over depths)")
     acc: Dict[tuple, List[float]] = {}
     for r in res["niah"]:

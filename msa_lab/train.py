@@ -744,17 +744,15 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
     saved = _resume_paths(tc, cfg.name)[1]
     if tc.resume and saved.is_file():  # a resumed run keeps the architecture it saved, parts of its warm start included
         src = dict(json.loads(saved.read_text())["model_config"])
-        for f in ADDED_PARTS:  # a state saved before the part existed has it off
-            src.setdefault(f, 0)
     elif tc.init_from:  # the warm start's architecture (TokenConv, image size) comes with it unless overridden
         from .model.checkpoint import CheckpointNotFound, read_meta
 
         try:
             src = read_meta(tc.init_model or cfg.name, Path(tc.init_from))["config"]
-            for f in ADDED_PARTS:  # a checkpoint written before the part existed has it off
-                src.setdefault(f, 0)
         except CheckpointNotFound:
             pass  # warm_start names the missing file
+    for f in ADDED_PARTS if src else ():  # a checkpoint or state written before the part existed has it off
+        src.setdefault(f, 0)
     parts = {f: getattr(tc, f) if getattr(tc, f) is not None else src.get(f, getattr(cfg, f)) for f in ADDED_PARTS}
     return cfg.replace(image_size=tc.image_size or src.get("image_size", cfg.image_size), **parts)
 

@@ -51,14 +51,15 @@ def main() -> None:
             line += (f" gui {r['gui']['accuracy']:.2f} (kind {r['gui']['kind_accuracy']:.2f}; {r['gui']['by_target']})"
                      f" image_qa {r['image_qa']['accuracy']:.2f} ({r['image_qa']['by_kind']})")
         if a.recall and model.config.sparse:
-            rec = indexer_recall(model, lengths=parse_lengths(a.recall), top_k=16)
+            recall_lengths = parse_lengths(a.recall)
+            rec = indexer_recall(model, lengths=recall_lengths, top_k=16)
             by_len = rec.groupby("length")[["recall", "ceiling"]].mean().round(3)
             r["recall_k16"] = {"recall_by_length": by_len["recall"].to_dict(), "ceiling_by_length": by_len["ceiling"].to_dict(),
                                "recall": round(float(rec["recall"].mean()), 3),
                                "ceiling": round(float(rec["ceiling"].mean()), 3),
                                "by_layer": rec.groupby("layer")["recall"].mean().round(3).to_dict()}
             # how much dense mass the first block (the attention sink's) holds, per layer, for queries past 16 blocks
-            longest = max(parse_lengths(a.recall))
+            longest = max(recall_lengths)
             ex = next(iter(_examples("niah_single", 1, 0, length=longest)))
             cap = model.capture(ex["prompt"], dense_limit=longest + 16)
             far = 16 * cap.block_size

@@ -223,10 +223,11 @@ class Engine:
         gen = torch.Generator().manual_seed(seed)
         out: List[int] = []
         logp = 0.0
+        # the model writes bytes and EOS only: a special such as IMG_PATCH fed back would need pixels it has not
+        # got (no answer in training holds one, but an odd input can still make one the likeliest token)
+        unwritable = ~writable_tokens(logits.shape[-1], logits.device)
         for i in range(max_new_tokens):
-            # the model writes bytes and EOS only: a special such as IMG_PATCH fed back would need pixels it has not
-            # got (no answer in training holds one, but an odd input can still make one the likeliest token)
-            logits = logits.masked_fill(~writable_tokens(logits.shape[-1], logits.device), float("-inf"))
+            logits = logits.masked_fill(unwritable, float("-inf"))
             tok = self._sample(logits, temperature, gen)
             logp += float(torch.log_softmax(logits, -1)[tok])
             if tok == EOS:
