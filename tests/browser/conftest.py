@@ -26,7 +26,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SERVER_START_S = 90  # JupyterLab on a busy 2-core machine starts in seconds; this bounds a hang
 # Lab settings for the test: no autosave (running the notebooks must never write them back into the
 # repo), no news / update pop-ups over the screenshots.
-LAB_SETTINGS = {"@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": '{"autosave": false}'}
+# autoStartDefaultKernel: without it JupyterLab sometimes asks "Select Kernel" for the second notebook opened (a
+# clean-clone run of the ninth session: the dialog took every click on 03 for 60 s), though its kernelspec names one
+LAB_SETTINGS = {"@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": '{"autosave": false}',
+                "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": '{"autoStartDefaultKernel": true}'}
 PAGE_CONFIG = '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}'
 
 
