@@ -121,6 +121,12 @@ class TrainConfig:
     # "index": train only the index branch's projections (wiq, wik) by its KL; the main branch, whose dense
     # attention mass is the KL's target, stays as it is (None = train everything)
     train_only: Optional[str] = None
+    # weight of msa_lab.model.indexer.concentration_loss (0 = off, every run before the tenth session): the main
+    # branch is trained to keep its dense attention inside the concentration_k blocks the indexer selects, on
+    # concentration_queries of the KL's query positions per step
+    concentration_weight: float = 0.0
+    concentration_k: int = 16
+    concentration_queries: int = 64
     save_every: float = 5.0
     smoke: bool = False
     progress: bool = True
@@ -446,7 +452,12 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
     ids = batch.ids.to(device)
     aux = None
     if net.cfg.sparse:
-        aux = {"kl_slots": kl_slots(batch, tc.kl_queries, rng).to(device)}
+        slots = kl_slots(batch, tc.kl_queries, rng)
+        aux = {"kl_slots": slots.to(device)}
+        if tc.concentration_weight > 0:
+            rows = sorted(rng.sample(range(len(slots)), min(len(slots), tc.concentration_queries)))
+            aux["concentration_k"] = tc.concentration_k
+            aux["concentration_rows"] = torch.tensor(rows, dtype=torch.long, device=device)
     supervise = getattr(net, "patch_supervision", None) is not None and batch.patch_labels is not None
     hidden = []
     # patch labels supervise the vision encoder's output where there is one (its second output, [P, d]), else
@@ -478,6 +489,10 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
     digit = amask & (tgt >= ord("0")) & (tgt <= ord("9"))
     digit_loss = (ce * digit).sum().detach() / digit.sum() if bool(digit.any()) else None
     out = {"loss": loss + tc.kl_weight * kl, "lm_loss": lm.detach(), "kl": kl.detach(), "digit_loss": digit_loss}
+    if aux and aux.get("concentration"):
+        conc = torch.stack(aux["concentration"]).mean()
+        out["loss"] = out["loss"] + tc.concentration_weight * conc
+        out["concentration"] = conc.detach()
     if supervise:
         rows = hidden[0] if encoder is not None else hidden[0][ids == IMG_PATCH]
         patch = net.patch_supervision.loss(rows, batch.patch_labels.to(device))
@@ -858,6 +873,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
                    "digit_loss": None if out["digit_loss"] is None else round(out["digit_loss"].item(), 4)}
             if "patch_loss" in out:
                 rec["patch_loss"] = round(out["patch_loss"].item(), 4)
+            if "concentration" in out:  # mean -log(dense mass on the selected blocks): -log(recall) per head
+                rec["concentration"] = round(out["concentration"].item(), 4)
             if device.type == "cuda":
                 rec["mem_peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             logf.write(json.dumps(rec) + "\n")
@@ -902,6 +919,9 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         record["patch_aux_weight"] = tc.patch_aux_weight
     if tc.train_only:
         record["train_only"] = tc.train_only
+    if tc.concentration_weight > 0:
+        record["concentration"] = {"weight": tc.concentration_weight, "k": tc.concentration_k,
+                                   "queries": tc.concentration_queries}
     save_checkpoint(net, Path(tc.out_dir), train=record)
     render_card(Path(tc.out_dir))
     return {**state, "final_loss": final_loss, "log": str(log_path)}
@@ -953,6 +973,13 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
                     help="weight of the per-patch labels of image tasks (training-only heads; 0 = off)")
     ap.add_argument("--train-only", default=None, choices=["index"],
                     help="index: train only the index branch (wiq, wik) by its KL toward the main branch's block mass")
+    ap.add_argument("--concentration-weight", type=float, default=d.concentration_weight,
+                    help="weight of -log(dense attention mass on the selected blocks): trains the main branch to keep "
+                         "its attention where the indexer looks (msa-tiny only; 0 = off)")
+    ap.add_argument("--concentration-k", type=int, default=d.concentration_k,
+                    help="blocks selected for --concentration-weight (the recall target's k)")
+    ap.add_argument("--concentration-queries", type=int, default=d.concentration_queries,
+                    help="query positions per step for --concentration-weight (drawn from the KL's)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--device", default=None)
     ap.add_argument("--backend", default=None, choices=["triton", "torch", "reference"],
@@ -974,13 +1001,22 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
             tc, device=tc.device or "cpu", backend=tc.backend or "torch", max_steps=tc.max_steps or 30,
             tokens_per_step=8 * 128, seq_start=128, seq_end=128, lr=3e-3, warmup_steps=3, dense_warmup=0.5,
             kl_queries=32)
-    for f in ("seq_start", "seq_end", "tokens_per_step", "kl_queries", "max_examples"):
+    for f in ("seq_start", "seq_end", "tokens_per_step", "kl_queries", "max_examples", "concentration_k",
+              "concentration_queries"):
         if getattr(tc, f) <= 0:
             raise SystemExit(f"--{f.replace('_', '-')} must be > 0")
     if tc.data_workers is not None and tc.data_workers < 0:
         raise SystemExit(f"--data-workers must be >= 0 (0 = one background thread), got {tc.data_workers}")
     if tc.seq_start > tc.seq_end:
         raise SystemExit(f"--seq-start {tc.seq_start} > --seq-end {tc.seq_end}; swap them.")
+    if tc.concentration_weight < 0:
+        raise SystemExit(f"--concentration-weight must be >= 0 (0 = off), got {tc.concentration_weight}")
+    if tc.concentration_weight > 0 and tc.model != "msa-tiny" and not tc.smoke:
+        raise SystemExit(f"--concentration-weight needs an indexer to select blocks; {tc.model} is dense. "
+                         f"Use --model msa-tiny, or drop the flag.")
+    if tc.concentration_weight > 0 and tc.train_only == "index":
+        raise SystemExit("--concentration-weight trains the main branch, which --train-only index freezes; "
+                         "drop one of the two.")
     if tc.init_model and not tc.init_from:
         raise SystemExit("--init-model names the model to take from --init-from DIR; pass --init-from too.")
     return tc

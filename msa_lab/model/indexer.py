@@ -7,6 +7,12 @@ O(N x N) at training lengths; the target is computed without grad in query chunk
 The KL is taken over the blocks that are not forced (free_blocks), renormalised: forced blocks are
 selected whatever the indexer says, and much of the dense mass sits on the local window, which a
 NoPE indexer cannot (and need not) predict by recency.
+
+concentration_loss is the other direction, and optional (msa_lab.train --concentration-weight): it trains
+the main branch to keep its dense attention inside the blocks the indexer selects. Per query head it is
+KL(sparse || dense) = -log(dense mass on the selected blocks), the information MSA discards by attending to
+those blocks only. The distillation alone cannot lift recall past what the best k blocks hold, and a main
+branch that spreads its attention over every block leaves that ceiling low (data/train/probes/sink-2026-11-27).
 """
 from __future__ import annotations
 
@@ -73,6 +79,37 @@ def free_blocks(q_slots: torch.Tensor, n_keys: int, cfg: MSAConfig) -> torch.Ten
     b = torch.arange(cfg.num_blocks(n_keys), device=q_slots.device)[None, :]
     forced = (b < cfg.init_blocks) | ((b > own - cfg.local_blocks) & (b <= own))
     return (b <= own) & ~forced
+
+
+def selection_mask(scores: torch.Tensor, q_slots: torch.Tensor, n_keys: int, cfg: MSAConfig, k: int) -> torch.Tensor:
+    """bool [B, Hkv, S, nb]: the k blocks select_blocks would keep at top_k = k, from index scores [B, Hkv, S, nb]
+    (index_block_logits; -inf where invisible). The forced init/local blocks count inside the k, as there."""
+    nb = scores.shape[-1]
+    own = (q_slots // cfg.block_size)[:, None]
+    b = torch.arange(nb, device=scores.device)[None, :]
+    visible = b <= own
+    forced = visible & ((b < cfg.init_blocks) | (b > own - cfg.local_blocks))
+    s = scores.masked_fill(forced, float("inf")).masked_fill(~visible, -float("inf"))
+    top = s.topk(min(k, nb), dim=-1).indices
+    return torch.zeros_like(s, dtype=torch.bool).scatter_(-1, top, True) & visible
+
+
+def concentration_loss(q: torch.Tensor, k: torch.Tensor, q_slots: torch.Tensor, selected: torch.Tensor,
+                       cfg: MSAConfig, scale: float | None = None) -> torch.Tensor:
+    """Mean over batch, query heads and queries of -log(dense attention mass on the selected blocks).
+
+    q: [B, Hq, S, D] queries at key slots ``q_slots`` (int64 [S]); k: [B, Hkv, Nk, D]; selected: bool
+    [B, Hkv, S, nb] (selection_mask), which must hold each query's own block. Differentiable in q and k.
+    Equals -log of msa_lab.api.selection_recall per head; 0 where every visible block is selected.
+    """
+    B, Hq, S, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    scale = cfg.softmax_scale(D) if scale is None else scale
+    sc = torch.matmul(q.reshape(B, Hkv, Hq // Hkv, S, D).float(), k.float()[:, :, None].transpose(-1, -2)) * scale
+    visible = torch.arange(Nk, device=q.device)[None, :] <= q_slots[:, None]  # [S, Nk]
+    sc = sc.masked_fill(~visible, -float("inf"))  # [B, Hkv, g, S, Nk]
+    keys = selected.repeat_interleave(cfg.block_size, dim=-1)[..., :Nk][:, :, None]  # [B, Hkv, 1, S, Nk]
+    return (sc.logsumexp(-1) - sc.masked_fill(~keys, -float("inf")).logsumexp(-1)).mean()
 
 
 def indexer_kl(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:

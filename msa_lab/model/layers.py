@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from .. import attention as ops
 from ..reference import selection_to_key_mask
 from .config import ModelConfig
-from .indexer import dense_block_mass, free_blocks, index_block_logits, indexer_kl
+from .indexer import (concentration_loss, dense_block_mass, free_blocks, index_block_logits, indexer_kl,
+                      selection_mask)
 
 _DENSE_SCORE_BYTES = 256 << 20  # per query chunk of the bottom-right-aligned dense path
 
@@ -269,6 +270,11 @@ class Attention(nn.Module):
         logits = index_block_logits(iq[:, :, slots], ik, slots, self.msa)
         keep = free_blocks(slots, k.shape[2], self.msa)
         aux.setdefault("kl", []).append(indexer_kl(logits, target, keep))
+        if aux.get("concentration_k"):  # msa_lab.train --concentration-weight: on a subset of the KL's queries
+            rows = aux["concentration_rows"]  # int64 [S'] rows of slots
+            sel = selection_mask(logits.detach()[:, :, rows], slots[rows], k.shape[2], self.msa, aux["concentration_k"])
+            aux.setdefault("concentration", []).append(
+                concentration_loss(q[:, :, slots[rows]], k, slots[rows], sel, self.msa))
 
 
 class Block(nn.Module):

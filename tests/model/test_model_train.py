@@ -503,3 +503,21 @@ def test_train_only_index_moves_the_index_projections_alone(tmp_path):
     with pytest.raises(ValueError, match="no index branch"):
         T.train(T.TrainConfig(model="dense-200k", smoke=False, train_only="index", max_steps=1, device="cpu",
                               out_dir=str(tmp_path / "d"), log_dir=str(tmp_path / "dl"), progress=False))
+
+
+def test_concentration_weight_is_logged_recorded_and_checked(tmp_path):
+    """--concentration-weight adds the loss (logged per step, recorded on the checkpoint); bad values and
+    combinations are refused by name."""
+    torch.set_num_threads(1)
+    assert T.main(_args(tmp_path, "--steps", "3", "--concentration-weight", "0.5", "--concentration-k", "3")) == 0
+    log = _log(tmp_path)
+    assert all(r["concentration"] > 0 for r in log)
+    assert all(abs(r["loss"] - r["lm_loss"]) > 0.4 * r["concentration"] for r in log)
+    meta = load_checkpoint("smoke-msa", tmp_path / "ck")[1]
+    assert meta["train"]["concentration"] == {"weight": 0.5, "k": 3, "queries": 64}
+    for bad, msg in ((["--concentration-weight", "-1"], ">= 0"), (["--concentration-k", "0"], "concentration-k"),
+                     (["--concentration-weight", "1", "--train-only", "index"], "freezes")):
+        with pytest.raises(SystemExit, match=msg):
+            T.parse_args(_args(tmp_path, *bad))
+    with pytest.raises(SystemExit, match="dense"):
+        T.parse_args(["--model", "dense-200k", "--concentration-weight", "1"])
