@@ -6,7 +6,11 @@ ceiling of dense-200k's attention (the same backbone trained dense), which no in
 recall: the share of the dense attention mass (group-averaged, per query, averaged over every query token of
 one NIAH document) inside the selected blocks. ceiling: the most any k blocks could hold
 (msa_lab.api.selection_ceiling). by_distance: the dense mass on the block d blocks before the query's own
-(d = 0 is its own block), averaged over queries: how much of it is recent.
+(d = 0 is its own block), averaged over queries: how much of it is recent. outside_forced_k16: the same recall
+counted only on the mass outside the blocks every query keeps whatever the indexer says (block 0, its own block and
+the one before): the share of that mass inside the indexer's free picks (sum over queries of picked mass / sum of
+that mass), and that mass's share of the whole. A model that moves its attention into the forced blocks raises
+recall without the indexer finding anything; this measures what the indexer finds.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import time
 import numpy as np
 
 from msa_lab.api import load_model, selection_ceiling
-from msa_lab.eval import _examples, _versions, indexer_recall
+from msa_lab.eval import _examples, _versions, indexer_recall, selecting_top_k
 
 
 def dense_ceiling(model, lengths, ks):
@@ -37,11 +41,37 @@ def dense_ceiling(model, lengths, ks):
     return out
 
 
+def outside_forced(model, lengths, k: int = 16):
+    """{length: {recall, mass}} of the attention mass outside the forced blocks (see the module docstring)."""
+    out = {}
+    for length in lengths:
+        ex = next(iter(_examples("niah_single", 1, 0, length=length)))
+        with selecting_top_k(model, k):
+            cap = model.capture(ex["prompt"], dense_limit=max(lengths) + 16)
+        msa = model.config.msa_config()
+        picked = free = total = 0.0
+        for sel, mass in zip(cap.selected, cap.block_mass):  # [G, N, K], [G, N, nb]
+            g, n, nb = mass.shape
+            own = np.arange(n)[:, None] // cap.block_size
+            b = np.arange(nb)[None, :]
+            forced = (b < msa.init_blocks) | ((b > own - msa.local_blocks) & (b <= own))  # [N, nb]
+            chosen = np.zeros((g, n, nb + 1), dtype=bool)
+            np.put_along_axis(chosen, np.where(sel < 0, nb, sel), True, axis=-1)
+            chosen = chosen[..., :nb]
+            rest = mass * ~forced
+            picked += float((rest * chosen).sum())
+            free += float(rest.sum())
+            total += float(mass.sum())
+        out[str(length)] = {"recall": round(picked / max(free, 1e-12), 3), "mass": round(free / total, 3)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--checkpoint-dir", default=None)
     ap.add_argument("--lengths", default="2048,4096,8192")
+    ap.add_argument("--no-dense", action="store_true", help="leave out dense-200k's attention")
     a = ap.parse_args()
     lengths = tuple(int(x) for x in a.lengths.split(","))
     t0 = time.perf_counter()
@@ -60,6 +90,13 @@ def main() -> None:
             "recall": round(float(df["recall"].mean()), 3), "ceiling": round(float(df["ceiling"].mean()), 3)}
         print(f"k={k}: {res['summary'][f'top_k={k}']}", flush=True)
     res["msa-tiny_attention"] = dense_ceiling(tiny, lengths, (8, 16))
+    res["msa-tiny_outside_forced_k16"] = outside_forced(tiny, lengths)
+    print("outside the forced blocks, k = 16:", res["msa-tiny_outside_forced_k16"], flush=True)
+    if a.no_dense:
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        with open(a.out, "w") as f:
+            json.dump(res, f, indent=1)
+        return
     dense = load_model("dense-200k", "cpu", checkpoint_dir=a.checkpoint_dir)
     res["dense-200k_attention"] = {"sha256": dense.card["sha256"], **dense_ceiling(dense, lengths, (8, 16))}
     print("msa-tiny attention:", res["msa-tiny_attention"], "\ndense-200k attention:", res["dense-200k_attention"])
