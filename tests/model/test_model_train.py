@@ -520,6 +520,9 @@ def test_concentration_weight_is_logged_recorded_and_checked(tmp_path):
             T.parse_args(_args(tmp_path, *bad))
     with pytest.raises(SystemExit, match="dense"):
         T.parse_args(["--model", "dense-200k", "--concentration-weight", "1"])
+    with pytest.raises(ValueError, match="selects no blocks"):
+        T.train(T.TrainConfig(model="dense-200k", concentration_weight=1.0, max_steps=1, device="cpu",
+                              out_dir=str(tmp_path / "d"), log_dir=str(tmp_path / "dl"), progress=False))
 
 
 def test_concentration_weight_adds_weight_times_the_loss():
