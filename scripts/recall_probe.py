@@ -19,9 +19,11 @@ import json
 import time
 
 import numpy as np
+import torch
 
 from msa_lab.api import load_model, selection_ceiling
 from msa_lab.eval import _examples, _versions, indexer_recall, selecting_top_k
+from msa_lab.model.indexer import free_blocks
 
 
 def dense_ceiling(model, lengths, ks):
@@ -48,17 +50,14 @@ def outside_forced(model, lengths, k: int = 16):
         ex = next(iter(_examples("niah_single", 1, 0, length=length)))
         with selecting_top_k(model, k):
             cap = model.capture(ex["prompt"], dense_limit=max(lengths) + 16)
-        msa = model.config.msa_config()
         picked = free = total = 0.0
         for sel, mass in zip(cap.selected, cap.block_mass):  # [G, N, K], [G, N, nb]
             g, n, nb = mass.shape
-            own = np.arange(n)[:, None] // cap.block_size
-            b = np.arange(nb)[None, :]
-            forced = (b < msa.init_blocks) | ((b > own - msa.local_blocks) & (b <= own))  # [N, nb]
+            unforced = free_blocks(torch.arange(n), n, model.config.msa_config()).numpy()  # [N, nb]
             chosen = np.zeros((g, n, nb + 1), dtype=bool)
             np.put_along_axis(chosen, np.where(sel < 0, nb, sel), True, axis=-1)
             chosen = chosen[..., :nb]
-            rest = mass * ~forced
+            rest = mass * unforced
             picked += float((rest * chosen).sum())
             free += float(rest.sum())
             total += float(mass.sum())
@@ -92,14 +91,11 @@ def main() -> None:
     res["msa-tiny_attention"] = dense_ceiling(tiny, lengths, (8, 16))
     res["msa-tiny_outside_forced_k16"] = outside_forced(tiny, lengths)
     print("outside the forced blocks, k = 16:", res["msa-tiny_outside_forced_k16"], flush=True)
-    if a.no_dense:
-        res["seconds"] = round(time.perf_counter() - t0, 1)
-        with open(a.out, "w") as f:
-            json.dump(res, f, indent=1)
-        return
-    dense = load_model("dense-200k", "cpu", checkpoint_dir=a.checkpoint_dir)
-    res["dense-200k_attention"] = {"sha256": dense.card["sha256"], **dense_ceiling(dense, lengths, (8, 16))}
-    print("msa-tiny attention:", res["msa-tiny_attention"], "\ndense-200k attention:", res["dense-200k_attention"])
+    print("msa-tiny attention:", res["msa-tiny_attention"], flush=True)
+    if not a.no_dense:
+        dense = load_model("dense-200k", "cpu", checkpoint_dir=a.checkpoint_dir)
+        res["dense-200k_attention"] = {"sha256": dense.card["sha256"], **dense_ceiling(dense, lengths, (8, 16))}
+        print("dense-200k attention:", res["dense-200k_attention"])
     res["seconds"] = round(time.perf_counter() - t0, 1)
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
