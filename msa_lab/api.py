@@ -140,7 +140,9 @@ class Capture:
     selected[l]: int32 [Hkv, N, top_k] blocks each query selected (None for dense models).
     block_mass[l]: float32 [Hkv, N, n_blocks] dense attention mass per key block, group-averaged
     (None when N > dense_limit). recall: float32 [L, Hkv], mean share of the dense mass inside the
-    selected blocks (None unless both are present).
+    selected blocks (None unless both are present). forced_mass, picked_recall: float32 [L, Hkv]
+    (outside_forced_recall): the share of the dense mass on the blocks every query keeps whatever the
+    indexer says, and the share of the rest that the indexer's own picks hold (None like recall).
     """
 
     tokens: List[str]
@@ -150,6 +152,8 @@ class Capture:
     selected: Optional[List[np.ndarray]]
     block_mass: Optional[List[np.ndarray]]
     recall: Optional[np.ndarray]
+    forced_mass: Optional[np.ndarray] = None
+    picked_recall: Optional[np.ndarray] = None
 
 
 def selection_recall(selected: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -158,6 +162,27 @@ def selection_recall(selected: np.ndarray, mass: np.ndarray) -> np.ndarray:
     m = torch.from_numpy(mass)
     got = torch.gather(m, -1, sel.clamp(min=0)) * (sel >= 0)
     return got.sum(-1).mean(-1).numpy()
+
+
+def outside_forced_recall(selected: np.ndarray, mass: np.ndarray, cfg) -> Tuple[np.ndarray, np.ndarray]:
+    """(forced_mass [Hkv], picked_recall [Hkv]) for selected int [Hkv, N, K] and mass [Hkv, N, nb] of queries 0..N-1.
+
+    forced_mass: the share of the dense mass on the blocks kept whatever the indexer says (cfg.init_blocks and the
+    local window), mean over queries. picked_recall: of the mass outside them, the share inside the selected
+    blocks, summed over queries (NaN where there is none). A model can raise selection_recall by attending
+    more locally; picked_recall is what the indexer itself finds.
+    """
+    from .model.indexer import free_blocks
+
+    g, n, nb = mass.shape
+    unforced = free_blocks(torch.arange(n), n, cfg).numpy()  # [N, nb] visible and not forced
+    chosen = np.zeros((g, n, nb + 1), dtype=bool)
+    np.put_along_axis(chosen, np.where(selected < 0, nb, selected), True, axis=-1)
+    rest = mass * unforced
+    free = rest.sum((1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        picked = np.where(free > 0, (rest * chosen[..., :nb]).sum((1, 2)) / free, np.nan)
+    return 1.0 - free / np.maximum(mass.sum((1, 2)), 1e-30), picked
 
 
 def selection_ceiling(mass: np.ndarray, top_k: int) -> np.ndarray:
@@ -276,10 +301,13 @@ class Model:
             slots = torch.arange(n, device=self.device)
             mass = [dense_block_mass(torch.cat(q, dim=2), keys[i].clone(), slots, msa)[0].cpu().numpy()
                     for i, q in enumerate(qs)]
-        recall = None
+        recall = forced = picked = None
         if selected is not None and mass is not None:
             recall = np.stack([selection_recall(s, m) for s, m in zip(selected, mass)]).astype(np.float32)
-        return Capture(describe(enc.ids), enc.ids.numpy(), msa.block_size, msa.top_k, selected, mass, recall)
+            forced, picked = (np.stack(t).astype(np.float32) for t in
+                              zip(*(outside_forced_recall(s, m, msa) for s, m in zip(selected, mass))))
+        return Capture(describe(enc.ids), enc.ids.numpy(), msa.block_size, msa.top_k, selected, mass, recall,
+                       forced, picked)
 
 
 def load_model(name: str, device=None, *, checkpoint_dir=None, dtype: Optional[torch.dtype] = None) -> Model:
@@ -300,4 +328,4 @@ def load_model(name: str, device=None, *, checkpoint_dir=None, dtype: Optional[t
 
 
 __all__ = ["load_model", "Model", "Action", "ActionParseError", "parse_action", "Capture", "selection_recall",
-           "selection_ceiling"]
+           "selection_ceiling", "outside_forced_recall"]

@@ -19,11 +19,9 @@ import json
 import time
 
 import numpy as np
-import torch
 
-from msa_lab.api import load_model, selection_ceiling
+from msa_lab.api import load_model, outside_forced_recall, selection_ceiling
 from msa_lab.eval import _examples, _versions, indexer_recall, selecting_top_k
-from msa_lab.model.indexer import free_blocks
 
 
 def dense_ceiling(model, lengths, ks):
@@ -50,15 +48,12 @@ def outside_forced(model, lengths, k: int = 16):
         ex = next(iter(_examples("niah_single", 1, 0, length=length)))
         with selecting_top_k(model, k):
             cap = model.capture(ex["prompt"], dense_limit=max(lengths) + 16)
+        msa = model.config.msa_config()
         picked = free = total = 0.0
         for sel, mass in zip(cap.selected, cap.block_mass):  # [G, N, K], [G, N, nb]
-            g, n, nb = mass.shape
-            unforced = free_blocks(torch.arange(n), n, model.config.msa_config()).numpy()  # [N, nb]
-            chosen = np.zeros((g, n, nb + 1), dtype=bool)
-            np.put_along_axis(chosen, np.where(sel < 0, nb, sel), True, axis=-1)
-            chosen = chosen[..., :nb]
-            rest = mass * unforced
-            picked += float((rest * chosen).sum())
+            forced, share = outside_forced_recall(sel, mass, msa)  # per group; weight by each group's free mass
+            rest = (1.0 - forced) * mass.sum((1, 2))
+            picked += float(np.nansum(share * rest))
             free += float(rest.sum())
             total += float(mass.sum())
         out[str(length)] = {"recall": round(picked / max(free, 1e-12), 3), "mass": round(free / total, 3)}

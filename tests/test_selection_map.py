@@ -66,6 +66,11 @@ def test_first_render(sm):
     assert "needle: tokens" in sm.message and "picked at the answer position" in sm.message
     assert arr(sm.figure.data[0].z).shape == (64, 64)  # 512 tokens / block 8
     assert arr(sm.figure.data[7].z).shape == (2, 2)  # recall [L, Hkv]
+    assert arr(sm.figure.data[7].customdata).shape == (2, 2, 2)  # forced mass, picked recall per (l, g)
+    assert "always-kept blocks" in sm.message and "indexer's own picks" in sm.message
+    table = sm.target_table()
+    np.testing.assert_allclose(table["forced mass"] + (1 - table["forced mass"]) * table["picked recall"],
+                               table["recall"], atol=1e-5)
     assert sm.figure.layout.shapes[1].visible and sm.last_update_s > 0
 
 

@@ -398,6 +398,9 @@ class SelectionMap(FigureExport):
                 r = {"layer": l, "group": g}
                 if cap.recall is not None:
                     r["recall"] = float(cap.recall[l, g])
+                if cap.forced_mass is not None:  # how much of that recall the always-kept blocks give for free
+                    r["forced mass"] = float(cap.forced_mass[l, g])
+                    r["picked recall"] = float(cap.picked_recall[l, g])
                 if picked is not None:
                     r[f"{self.prompt_info.target_label if self.prompt_info else 'target'} picked"] = picked[l, g]
                 rows.append(r)
@@ -497,7 +500,9 @@ class SelectionMap(FigureExport):
         fig.add_trace(go.Heatmap(z=[[0]], zmin=0, zmax=1, colorscale="Viridis", showscale=False,  # 7
                                  texttemplate="%{text}", textfont=dict(size=9), name="recall",
                                  hovertemplate="layer %{y}, group %{x}: recall %{z:.3f} (share of the dense "
-                                               "mass in the picked blocks)<br>%{text}<extra></extra>"), 3, 3)
+                                               "mass in the picked blocks)<br>always-kept blocks: "
+                                               "%{customdata[0]:.2f} of the mass; the indexer's picks: "
+                                               "%{customdata[1]:.2f} of the rest<br>%{text}<extra></extra>"), 3, 3)
         fig.update_yaxes(autorange="reversed", title="query block", row=1, col=1)
         fig.update_xaxes(title="key block", row=1, col=1)
         fig.update_xaxes(matches="x", row=1, col=2)
@@ -587,7 +592,10 @@ class SelectionMap(FigureExport):
                     t = f"{t} {mark}{share}".strip()
                 row.append(t)
             text.append(row)
-        f.data[7].update(z=rec, x=np.arange(Hkv), y=np.arange(L), text=text)
+        nan = np.full((L, Hkv), np.nan)
+        extra = np.stack([cap.forced_mass if cap.forced_mass is not None else nan,
+                          cap.picked_recall if cap.picked_recall is not None else nan], axis=-1)  # [L, Hkv, 2]
+        f.data[7].update(z=rec, x=np.arange(Hkv), y=np.arange(L), text=text, customdata=extra)
         f.layout.shapes[5].update(x0=g - 0.5, x1=g + 0.5, y0=l - 0.5, y1=l + 0.5)
         label = self.prompt_info.target_label if self.prompt_info and self.prompt_info.target_label else "target"
         what = "indexer recall" if cap.recall is not None else f"recall: no dense mass (N > {self.dense_limit:,})"
@@ -634,6 +642,9 @@ class SelectionMap(FigureExport):
         if cap.recall is not None:
             parts.append(f"recall layer {l} group {g}: <b>{cap.recall[l, g]:.2f}</b> (mean over layers "
                          f"{float(cap.recall.mean()):.2f})")
+            if cap.forced_mass is not None:
+                parts.append(f"of which the always-kept blocks (init, local) hold {cap.forced_mass[l, g]:.2f} of "
+                             f"the mass; the indexer's own picks hold {cap.picked_recall[l, g]:.2f} of the rest")
         if self.target is not None:
             label = info.target_label if info and info.target_label else "target"
             lo, hi = self.target[0] // cfg.block_size, (self.target[1] - 1) // cfg.block_size

@@ -57,6 +57,33 @@ def test_capture_msa():
     np.testing.assert_allclose(r_early, 1.0, atol=1e-5)
 
 
+def test_outside_forced_recall_splits_recall_into_forced_and_picked():
+    """selection_recall = forced_mass + (1 - forced_mass) * picked_recall when every query sees all forced blocks
+    (mass-weighted over queries); on a hand-made mass: the forced share and the picks' share are what they are."""
+    from msa_lab.api import outside_forced_recall
+
+    m = _model()
+    cap = m.capture(TEXT, chunk_size=40)
+    cfg = m.config.msa_config()
+    for l in range(len(cap.selected)):
+        forced, picked = outside_forced_recall(cap.selected[l], cap.block_mass[l], cfg)
+        np.testing.assert_allclose(cap.forced_mass[l], forced, atol=1e-6)
+        np.testing.assert_allclose(cap.picked_recall[l], picked, atol=1e-6)
+        np.testing.assert_allclose(forced + (1 - forced) * picked, cap.recall[l], atol=1e-5)
+        assert ((picked > 0) & (picked < 1)).all()
+    # one group, 3 queries in block 3 of 4-token blocks (init 1, local 2: blocks 0, 2, 3 forced), one pick
+    c = cfg.replace(block_size=4, top_k=4, init_blocks=1, local_blocks=2)
+    mass = np.zeros((1, 16, 4), dtype=np.float32)
+    mass[0, :, 0] = 1.0  # queries 0-11: everything on block 0
+    mass[0, 12:] = [0.2, 0.3, 0.1, 0.4]  # block 1 is the only free one, holding 0.3
+    sel = np.tile(np.array([0, 2, 3, -1], dtype=np.int32), (1, 16, 1))
+    forced, picked = outside_forced_recall(sel, mass, c)
+    np.testing.assert_allclose(forced, [1 - 4 * 0.3 / 16], atol=1e-6)
+    np.testing.assert_allclose(picked, [0.0])  # block 1 was not picked
+    sel[0, 12:, 3] = 1
+    np.testing.assert_allclose(outside_forced_recall(sel, mass, c)[1], [1.0])
+
+
 def test_capture_mass_matches_reference():
     """The captured mass is the reference block mass of the layer's actual q, k."""
     m = _model()
