@@ -458,9 +458,9 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
         slots = kl_slots(batch, tc.kl_queries, rng)
         aux = {"kl_slots": slots.to(device)}
         if tc.concentration_weight > 0:
-            rows = sorted(rng.sample(range(len(slots)), min(len(slots), tc.concentration_queries)))
+            picked = sorted(rng.sample(range(len(slots)), min(len(slots), tc.concentration_queries)))
             aux["concentration_k"] = tc.concentration_k
-            aux["concentration_rows"] = torch.tensor(rows, dtype=torch.long, device=device)
+            aux["concentration_rows"] = torch.tensor(picked, dtype=torch.long, device=device)
     supervise = getattr(net, "patch_supervision", None) is not None and batch.patch_labels is not None
     hidden = []
     # patch labels supervise the vision encoder's output where there is one (its second output, [P, d]), else
@@ -794,6 +794,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     device = torch.device(tc.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(tc.seed)
     cfg = build_model_config(tc)
+    if tc.concentration_weight > 0 and not cfg.sparse:  # before a refused run deletes the last log
+        raise ValueError(f"--concentration-weight: {cfg.name} is dense; it selects no blocks to concentrate on.")
     net = MSATransformer(cfg)
     if tc.patch_aux_weight > 0:  # training-only heads: removed before the checkpoint is written
         net.patch_supervision = PatchSupervision(cfg.d_model)
@@ -818,8 +820,6 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         state["init_from"] = warm_start_record(tc.init_model or cfg.name, tc.init_from)
     elif log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh curve
-    if tc.concentration_weight > 0 and not cfg.sparse:
-        raise ValueError(f"--concentration-weight: {cfg.name} is dense; it selects no blocks to concentrate on.")
     if tc.train_only == "index":
         if not cfg.sparse:
             raise ValueError(f"--train-only index: {cfg.name} is dense and has no index branch.")

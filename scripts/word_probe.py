@@ -5,37 +5,59 @@ Word answers stay at chance (ln 30 per answer) in every vision run; this asks wh
 
     python scripts/word_probe.py [CHECKPOINT_DIR]     (CPU, about a minute)
 """
-import itertools, json, sys, torch
+import itertools
+import sys
+
+import torch
+import torch.nn.functional as F
+
 from msa_lab import load_model
-from msa_lab.tasks.image_qa import iter_image_qa
 from msa_lab.model.vision import prepare_image
-torch.manual_seed(0)
-m = load_model("msa-tiny", "cpu", checkpoint_dir=sys.argv[1] if len(sys.argv) > 1 else None)
-net, cfg = m.net, m.config
-def feats(seed, n):
-    X, Y, Xp = [], [], []
+from msa_lab.tasks.image_qa import iter_image_qa
+
+
+def features(net, cfg, seed: int, n: int):
+    """(encoder features [n, 2d], pixel features [n, 2 * patch_dim], words) of n word pictures."""
+    enc, pix, words = [], [], []
     for ex in itertools.islice(iter_image_qa(n, seed=seed, kinds=("word",)), n):
-        img = ex["images"][0]
-        p = prepare_image(img, cfg.image_size).patches(cfg.patch_size)
+        p = prepare_image(ex["images"][0], cfg.image_size).patches(cfg.patch_size)  # [P, patch_dim]
         slot = torch.arange(p.shape[0])
         with torch.no_grad():
-            pe = net.patch_proj(p) + net.patch_pos(slot)
-            _, hid = net.vision(pe, slot)
-        X.append(torch.cat([hid.mean(0), hid.amax(0)])); Xp.append(torch.cat([p.mean(0), p.amin(0)]))
-        Y.append(ex["answer"])
-    return torch.stack(X), torch.stack(Xp), Y
-Xa, Pa, Ya = feats(2**20 + 7, 1500)
-Xb, Pb, Yb = feats(2**20 + 8, 400)
-words = sorted(set(Ya)); idx = {w: i for i, w in enumerate(words)}
-ya = torch.tensor([idx[w] for w in Ya]); yb = torch.tensor([idx.get(w, -1) for w in Yb])
-def probe(A, B):
-    mu, sd = A.mean(0), A.std(0) + 1e-6
-    A, B = (A - mu) / sd, (B - mu) / sd
-    W = torch.zeros(A.shape[1], len(words), requires_grad=True); b = torch.zeros(len(words), requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=1e-2)
+            _, hidden = net.vision(net.patch_proj(p) + net.patch_pos(slot), slot)  # [P, d]
+        enc.append(torch.cat([hidden.mean(0), hidden.amax(0)]))
+        pix.append(torch.cat([p.mean(0), p.amin(0)]))
+        words.append(ex["answer"])
+    return torch.stack(enc), torch.stack(pix), words
+
+
+def probe(train_x, test_x, train_y, test_y, n_classes: int):
+    """(test accuracy, train accuracy) of a standardised, L2-regularised linear classifier (400 Adam steps)."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mu) / sd, (test_x - mu) / sd
+    w = torch.zeros(train_x.shape[1], n_classes, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=1e-2)
     for _ in range(400):
-        opt.zero_grad(); loss = torch.nn.functional.cross_entropy(A @ W + b, ya) + 1e-3 * (W ** 2).sum(); loss.backward(); opt.step()
-    return ((B @ W + b).argmax(1) == yb).float().mean().item(), ((A @ W + b).argmax(1) == ya).float().mean().item()
-print("words", len(words), "chance", 1 / len(words))
-print("encoder hidden (mean+max pool): test/train acc", probe(Xa, Xb))
-print("raw patches (mean+min pool): test/train acc", probe(Pa, Pb))
+        opt.zero_grad()
+        loss = F.cross_entropy(train_x @ w + b, train_y) + 1e-3 * (w ** 2).sum()
+        loss.backward()
+        opt.step()
+    acc = lambda x, y: ((x @ w + b).argmax(1) == y).float().mean().item()  # noqa: E731
+    return acc(test_x, test_y), acc(train_x, train_y)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    model = load_model("msa-tiny", "cpu", checkpoint_dir=sys.argv[1] if len(sys.argv) > 1 else None)
+    enc_a, pix_a, words_a = features(model.net, model.config, 2**20 + 7, 1500)
+    enc_b, pix_b, words_b = features(model.net, model.config, 2**20 + 8, 400)
+    vocab = sorted(set(words_a))
+    ya = torch.tensor([vocab.index(w) for w in words_a])
+    yb = torch.tensor([vocab.index(w) if w in vocab else -1 for w in words_b])
+    print("words", len(vocab), "chance", 1 / len(vocab))
+    print("encoder hidden (mean+max pool): test/train acc", probe(enc_a, enc_b, ya, yb, len(vocab)))
+    print("raw patches (mean+min pool): test/train acc", probe(pix_a, pix_b, ya, yb, len(vocab)))
+
+
+if __name__ == "__main__":
+    main()

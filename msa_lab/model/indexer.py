@@ -85,10 +85,8 @@ def selection_mask(scores: torch.Tensor, q_slots: torch.Tensor, n_keys: int, cfg
     """bool [B, Hkv, S, nb]: the k blocks select_blocks would keep at top_k = k, from index scores [B, Hkv, S, nb]
     (index_block_logits; -inf where invisible). The forced init/local blocks count inside the k, as there."""
     nb = scores.shape[-1]
-    own = (q_slots // cfg.block_size)[:, None]
-    b = torch.arange(nb, device=scores.device)[None, :]
-    visible = b <= own
-    forced = visible & ((b < cfg.init_blocks) | (b > own - cfg.local_blocks))
+    visible = torch.arange(nb, device=scores.device)[None, :] <= (q_slots // cfg.block_size)[:, None]  # [S, nb]
+    forced = visible & ~free_blocks(q_slots, n_keys, cfg)
     s = scores.masked_fill(forced, float("inf")).masked_fill(~visible, -float("inf"))
     top = s.topk(min(k, nb), dim=-1).indices
     return torch.zeros_like(s, dtype=torch.bool).scatter_(-1, top, True) & visible
