@@ -46,6 +46,7 @@ class Action:
     """A GUI action. x, y are in the ORIGINAL image's pixels (None where the action has no point).
 
     model_xy: the point on the model's resized image; in_image: whether (x, y) lies inside the original.
+    point_prob: for a model with a GUI pointer, the probability of the patch it chose (the point is the pointer's).
     """
 
     kind: str
@@ -56,6 +57,7 @@ class Action:
     raw: str = ""
     model_xy: Optional[Tuple[int, int]] = None
     in_image: bool = True
+    point_prob: Optional[float] = None  # the GUI pointer's probability of its patch (None: the point is the text's)
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k in ("kind", "x", "y", "text", "direction")}
@@ -89,11 +91,12 @@ def _field(raw: str, name: str, pattern: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
-def parse_action(raw: str, image: Optional[PreparedImage] = None) -> Action:
+def parse_action(raw: str, image: Optional[PreparedImage] = None, point: Optional[Tuple[int, int]] = None) -> Action:
     """Read an action from model text (JSON, or JSON-ish) and map its point to original pixels.
 
-    The model names points on its resized image; ``image.to_original`` maps them back. Raises
-    ActionParseError when no valid kind, or a point a click needs, can be found.
+    The model names points on its resized image; ``image.to_original`` maps them back. point: a point on the
+    resized image from the model's GUI pointer, used in place of the text's x and y. Raises ActionParseError
+    when no valid kind, or a point a click needs, can be found.
     """
     obj = _first_object(raw)
     d = _loads_lenient(obj) if obj else None
@@ -111,7 +114,7 @@ def parse_action(raw: str, image: Optional[PreparedImage] = None) -> Action:
         except (TypeError, ValueError):
             return None
 
-    x, y = num("x"), num("y")
+    x, y = (int(point[0]), int(point[1])) if point is not None else (num("x"), num("y"))
     if kind == "click" and (x is None or y is None):
         raise ActionParseError("a click needs integer x and y", raw)
     direction = d.get("direction")
@@ -252,8 +255,17 @@ class Model:
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError("act() needs a non-empty instruction, e.g. \"Click the 'Save' button\".")
         prepared = image if isinstance(image, PreparedImage) else prepare_image(image, self.config.image_size)
-        raw = self.generate(f"{IMAGE_PLACEHOLDER}\n{instruction}", [prepared], max_new_tokens)
-        return parse_action(raw, prepared)
+        prompt = f"{IMAGE_PLACEHOLDER}\n{instruction}"
+        raw = self.generate(prompt, [prepared], max_new_tokens)
+        if self.net.pointer is None:
+            return parse_action(raw, prepared)
+        # the kind, text and direction come from the text; the point from the pointer (msa_lab.model.pointer)
+        enc = self.encode(prompt, [prepared])
+        point, prob = self.net.point(enc.ids[None].to(self.device), enc.patches.to(self.device),
+                                     enc.patch_slot.to(self.device))
+        act = parse_action(raw, prepared, point=point)
+        act.point_prob = prob
+        return act
 
     # -------------------------------------------------------------- long context
     def prefill_steps(self, text, images=None, chunk_size: int = 2048, *, max_memory_bytes: Optional[int] = None,

@@ -32,10 +32,11 @@ Recipe
     (0, 1, 12345) are never trained on. --patch-aux-weight adds per-patch labels of image tasks, learned by
     training-only heads (PatchSupervision; on the vision encoder's output where the model has one, else on
     the LM's last hidden state); --patch-stem adds a per-patch CNN (ModelConfig.patch_stem); --vision-layers
-    adds a bidirectional encoder over each image (ModelConfig.vision_layers, msa_lab.model.vision_encoder).
+    adds a bidirectional encoder over each image (ModelConfig.vision_layers, msa_lab.model.vision_encoder);
+    --pointer-dim adds the GUI pointer act() takes its point from, trained by --pointer-weight (pointer_loss).
   * Logs: data/train/<model>/log.jsonl, one line per step (loss, lm_loss, kl, lr, seq_len, tokens/s,
     digit_loss: the loss on the answer's digits, which in NIAH only retrieval can predict; ln 10 = 2.30
-    means none; concentration, with --concentration-weight).
+    means none; concentration, with --concentration-weight; pointer_loss and pointer_acc, with --pointer-weight).
   * --concentration-weight trains the main branch to keep its dense attention inside the blocks the indexer
     selects (msa_lab.model.indexer.concentration_loss); it took indexer recall from 0.73 to 0.99 in one run
     (data/train/probes/concentration-2026-11-27).
@@ -58,12 +59,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .model.checkpoint import REPO_ROOT, save_checkpoint
 from .model.config import ModelConfig, model_config, small_config
 from .model.net import MSATransformer
+from .model.pointer import point_targets
 from .model.tokens import IMG_PATCH, PAD, encode_example
 from .model.vision import prepare_image
 
@@ -112,6 +115,10 @@ class TrainConfig:
     patch_stem: Optional[int] = None  # ModelConfig.patch_stem override (None: the warm start's, else the preset's)
     vision_layers: Optional[int] = None  # ModelConfig.vision_layers (None: the warm start's, else the preset's)
     attention_sink: Optional[int] = None  # ModelConfig.attention_sink (None: the warm start's, else the preset's)
+    pointer_dim: Optional[int] = None  # ModelConfig.pointer_dim (None: the warm start's, else the preset's)
+    # weight of the GUI pointer's loss (msa_lab.model.pointer; 0 = off): cross-entropy of the target's patch among
+    # the screen's patches, plus the L1 error of the offset inside it
+    pointer_weight: float = 0.0
     # the sink offsets learn at lr * sink_lr_scale: from zero they must grow to a key that outscores thousands of
     # keys (|offset| ~ 20 against key norms of ~8), which at the trunk's lr would take thousands of steps. The one
     # run so far (50x, 500 steps; data/train/probes/sink-2026-11-27) left them at 0.3-0.6: no consistent gradient
@@ -239,6 +246,7 @@ class Batch:
     prompt_len: int  # shortest prompt in the batch (PoSE jumps stay inside it)
     task: str
     patch_labels: Optional[torch.Tensor] = None  # int64 [P, len(PATCH_HEADS)], -100 = no label (PatchSupervision)
+    point_xy: Optional[torch.Tensor] = None  # int64 [B, 2]: GUI targets in resized-image pixels (the pointer's)
 
     @property
     def tokens(self) -> int:
@@ -248,11 +256,11 @@ class Batch:
 def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int, answer_format: str = "keyed",
                labels: bool = False) -> Batch:
     """labels: also draw each patch's labels (Batch.patch_labels, for --patch-aux-weight)."""
-    encs, masks = [], []
+    encs, masks, targets = [], [], []
     for ex in examples:
         imgs = [prepare_image(im, cfg.image_size) for im in ex["images"]]
-        enc, m = encode_example(ex["prompt"], imgs, model_answer(ex, imgs, answer_format), image_size=cfg.image_size,
-                                patch_size=cfg.patch_size)
+        targets.append(model_answer(ex, imgs, answer_format))
+        enc, m = encode_example(ex["prompt"], imgs, targets[-1], image_size=cfg.image_size, patch_size=cfg.patch_size)
         encs.append(enc)
         masks.append(m)
     n = max(len(e) for e in encs)
@@ -264,8 +272,11 @@ def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int, an
         amask[i, : len(e)] = m
     prompt_len = min(int((~m).sum()) for m in masks)
     rows = [patch_labels(ex, cfg) for ex in examples if ex["images"]] if labels else []
+    point_xy = None
+    if task == "gui" and all(ex["task"] == "gui" for ex in examples):  # one screen each; every target has a point
+        point_xy = torch.tensor([[json.loads(t)["x"], json.loads(t)["y"]] for t in targets], dtype=torch.long)
     return Batch(ids, torch.cat([e.patches for e in encs]), torch.cat([e.patch_slot for e in encs]), amask,
-                 prompt_len, task, torch.cat(rows) if rows else None)
+                 prompt_len, task, torch.cat(rows) if rows else None, point_xy)
 
 
 # ---------------------------------------------------------------------------- patch supervision
@@ -275,7 +286,10 @@ def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int, an
 # on it and whether an object's centre lies in it (image QA), and the GUI element under it. Small linear
 # heads on the last hidden state of each patch token learn them next to the answers (dense supervision, as
 # detection pre-training gives a vision encoder). The heads are training-only: not in the checkpoint.
-PATCH_HEADS = ("shape", "colour", "word", "centre", "gui")  # centre: an object's centre is in this patch (counting)
+# centre: an object's centre is in this patch (counting). gui_label / gui_window: the label and window of the GUI
+# element under the patch, so that the encoder learns to read labels (an instruction names its target by label and,
+# for twins, by window) rather than leave reading to the answer's gradient alone
+PATCH_HEADS = ("shape", "colour", "word", "centre", "gui", "gui_label", "gui_window")
 
 
 @functools.lru_cache(maxsize=1)
@@ -283,48 +297,72 @@ def patch_classes() -> Dict[str, tuple]:
     """Head -> its class names after 0 = nothing (msa_lab.tasks imported late: the trainer runs without it)."""
     from .tasks.draw import COLOURS, SHAPES
     from .tasks.gui import CLICK_KINDS
-    from .tasks.vocab import WORDS
+    from .tasks.vocab import WORDS, gui_labels
 
     return {"shape": SHAPES, "colour": tuple(COLOURS), "word": WORDS, "centre": ("centre",),
-            "gui": CLICK_KINDS + ("field", "list")}
+            "gui": CLICK_KINDS + ("field", "list"), "gui_label": gui_labels(), "gui_window": ("main", "dialog")}
 
 
 def patch_labels(ex: dict, cfg: ModelConfig) -> torch.Tensor:
     """int64 [images * patches_per_image, len(PATCH_HEADS)]: class per patch and head (0 = nothing there),
-    -100 where the example's task does not say (other tasks, other heads)."""
+    -100 where the example's task does not say (other tasks, other heads).
+
+    Image QA: a patch shows an object (or the word) when they share 15% of the smaller of the two; objects never
+    overlap, so a patch takes the one sharing most of it. GUI: the topmost element (drawn last) under the patch's
+    centre; desktop and window body are 0. Computed over all patches at once (a 256 px image has 1,024)."""
     g = cfg.image_size // cfg.patch_size
     out = torch.full((len(ex["images"]), g * g, len(PATCH_HEADS)), -100, dtype=torch.long)
     meta = json.loads(ex["meta"])
     if ex["task"] not in ("image_qa", "gui") or "size" not in meta:
         return out.view(-1, len(PATCH_HEADS))
     w, h = meta["size"]
-    cells = [(c * w / g, r * h / g, (c + 1) * w / g, (r + 1) * h / g) for r in range(g) for c in range(g)]
-
-    def area(a, b=None):
-        if b is not None:
-            a = (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
-        return max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
-
-    def holds(box, cell):  # a patch shows a thing when they share 15% of the smaller of the two
-        return area(box, cell) > 0.15 * min(area(box), area(cell))
-
+    r, c = np.divmod(np.arange(g * g), g)
+    cells = np.stack([c * w / g, r * h / g, (c + 1) * w / g, (r + 1) * h / g], 1)  # [P, 4], row-major patches
     cls, col = patch_classes(), {k: j for j, k in enumerate(PATCH_HEADS)}
-    for i, cell in enumerate(cells):
-        if ex["task"] == "image_qa":  # objects never overlap: the one sharing most of the patch
-            obj = max(meta["objects"], key=lambda o: area(o["box"], cell), default=None)
-            obj = obj if obj is not None and holds(obj["box"], cell) else None
-            out[0, i, col["shape"]] = 0 if obj is None else 1 + cls["shape"].index(obj["shape"])
-            out[0, i, col["colour"]] = 0 if obj is None else 1 + cls["colour"].index(obj["colour"])
-            word = meta.get("word")
-            out[0, i, col["word"]] = 1 + cls["word"].index(word["text"]) if word and holds(word["box"], cell) else 0
-            out[0, i, col["centre"]] = int(any(cell[0] <= (o["box"][0] + o["box"][2]) / 2 < cell[2]
-                                               and cell[1] <= (o["box"][1] + o["box"][3]) / 2 < cell[3]
-                                               for o in meta["objects"]))
-        else:  # the topmost element (drawn last) under the patch's centre; desktop and window body are 0
-            x, y = (cell[0] + cell[2]) / 2, (cell[1] + cell[3]) / 2
-            el = next((e for e in reversed(meta["elements"])
-                       if e["box"][0] <= x < e["box"][2] and e["box"][1] <= y < e["box"][3]), None)
-            out[0, i, col["gui"]] = 0 if el is None else 1 + cls["gui"].index(el["kind"])
+
+    def shared(box):  # [P] area of each cell inside box
+        b = np.asarray(box, dtype=np.float64)
+        return (np.clip(np.minimum(cells[:, 2], b[2]) - np.maximum(cells[:, 0], b[0]), 0, None)
+                * np.clip(np.minimum(cells[:, 3], b[3]) - np.maximum(cells[:, 1], b[1]), 0, None))
+
+    def holds(box, inter):
+        box_area = max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+        return inter > 0.15 * np.minimum(box_area, (w / g) * (h / g))
+
+    lab = np.zeros((g * g, len(PATCH_HEADS)), dtype=np.int64)
+    if ex["task"] == "image_qa":
+        objs = meta["objects"]
+        if objs:
+            inter = np.stack([shared(o["box"]) for o in objs])  # [O, P]
+            best = inter.argmax(0)  # first of equals, as max() over the list picks
+            shown = np.stack([holds(o["box"], inter[j]) for j, o in enumerate(objs)])[best, np.arange(g * g)]
+            shape = np.array([1 + cls["shape"].index(o["shape"]) for o in objs])[best]
+            colour = np.array([1 + cls["colour"].index(o["colour"]) for o in objs])[best]
+            lab[:, col["shape"]] = np.where(shown, shape, 0)
+            lab[:, col["colour"]] = np.where(shown, colour, 0)
+            cx = np.array([(o["box"][0] + o["box"][2]) / 2 for o in objs])
+            cy = np.array([(o["box"][1] + o["box"][3]) / 2 for o in objs])
+            inside = ((cells[:, None, 0] <= cx) & (cx < cells[:, None, 2]) & (cells[:, None, 1] <= cy)
+                      & (cy < cells[:, None, 3]))  # [P, O]
+            lab[:, col["centre"]] = inside.any(1)
+        word = meta.get("word")
+        if word:
+            lab[:, col["word"]] = np.where(holds(word["box"], shared(word["box"])), 1 + cls["word"].index(word["text"]), 0)
+        lab[:, [col["gui"], col["gui_label"], col["gui_window"]]] = -100
+    else:
+        x, y = (cells[:, 0] + cells[:, 2]) / 2, (cells[:, 1] + cells[:, 3]) / 2
+        top = np.full(g * g, -1)
+        for j, e in enumerate(meta["elements"]):  # later elements are drawn on top
+            b = e["box"]
+            top[(b[0] <= x) & (x < b[2]) & (b[1] <= y) & (y < b[3])] = j
+        els = meta["elements"]
+        for head, value in (("gui", lambda e: 1 + cls["gui"].index(e["kind"])),
+                            ("gui_label", lambda e: 1 + cls["gui_label"].index(e["label"])),
+                            ("gui_window", lambda e: 1 + cls["gui_window"].index(e["window"]))):
+            table = np.array([0] + [value(e) for e in els])
+            lab[:, col[head]] = table[top + 1]
+        lab[:, [col[k] for k in ("shape", "colour", "word", "centre")]] = -100
+    out[0] = torch.from_numpy(lab)
     return out.view(-1, len(PATCH_HEADS))
 
 
@@ -462,22 +500,25 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
             aux["concentration_k"] = tc.concentration_k
             aux["concentration_rows"] = torch.tensor(picked, dtype=torch.long, device=device)
     supervise = getattr(net, "patch_supervision", None) is not None and batch.patch_labels is not None
-    hidden = []
-    # patch labels supervise the vision encoder's output where there is one (its second output, [P, d]), else
-    # the LM's last hidden state at the patch tokens
+    point = tc.pointer_weight > 0 and net.pointer is not None and batch.point_xy is not None
     encoder = getattr(net, "vision", None)
-    if not supervise:
-        hook = None
-    elif encoder is not None:
-        hook = encoder.register_forward_hook(lambda m, i, o: hidden.append(o[1]))
+    if supervise or point:
+        states = net.pointer_states(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device),
+                                    mode=mode, aux=aux) if encoder is not None else None
+        if states is None:  # no encoder (older checkpoints): labels supervise the LM's last state at the patches
+            got = []
+            hook = net.norm.register_forward_hook(lambda m, i, o: got.append(o))
+            try:
+                logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device),
+                             mode=mode, aux=aux)
+            finally:
+                hook.remove()
+            hidden = [got[0]]
+        else:
+            logits, hidden = states["logits"], [states["keys"]]
     else:
-        hook = net.norm.register_forward_hook(lambda m, i, o: hidden.append(o))
-    try:
         logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device), mode=mode,
                      aux=aux)
-    finally:
-        if hook is not None:
-            hook.remove()
     tgt = ids[:, 1:]
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
     ce = ce.view_as(tgt)
@@ -501,7 +542,33 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
         patch = net.patch_supervision.loss(rows, batch.patch_labels.to(device))
         out["loss"] = out["loss"] + tc.patch_aux_weight * patch
         out["patch_loss"] = patch.detach()
+    if point:
+        ptr = pointer_loss(net, states, batch, device)
+        out["loss"] = out["loss"] + tc.pointer_weight * ptr["loss"]
+        out["pointer_loss"], out["pointer_acc"] = ptr["loss"].detach(), ptr["acc"]
     return out
+
+
+def sep_positions(batch: Batch) -> torch.Tensor:
+    """int64 [B]: each row's SEP, the position before its first answer token (the pointer's query)."""
+    return batch.answer_mask.float().argmax(1) - 1
+
+
+def pointer_loss(net: MSATransformer, states: dict, batch: Batch, device) -> Dict[str, torch.Tensor]:
+    """The GUI pointer's loss on a batch of screens (one image each): cross-entropy of the target's patch among
+    the screen's patches, from the LM's state at SEP (the position before the answer), plus the L1 error of the
+    offset inside the target's patch. "acc": the share of screens whose argmax patch holds the target's point."""
+    cfg = net.cfg
+    p = cfg.patches_per_image
+    sep = sep_positions(batch).to(device)
+    query = states["query"][torch.arange(batch.ids.shape[0], device=device), sep]  # [B, d]
+    keys = states["keys"].view(-1, p, states["keys"].shape[-1])  # [B, P, d]
+    cell, off = point_targets(batch.point_xy.to(device), cfg.image_size, cfg.patch_size)
+    scores = net.pointer.scores(query, keys)
+    ce = F.cross_entropy(scores, cell)
+    chosen = keys[torch.arange(keys.shape[0], device=device), cell]  # [B, d]
+    l1 = (net.pointer.offsets(chosen) - off).abs().mean()
+    return {"loss": ce + l1, "acc": (scores.argmax(1) == cell).float().mean().detach()}
 
 
 KL_TAIL = 48  # question tokens before the answer: the queries whose picks decide retrieval
@@ -569,7 +636,7 @@ def load_resume(net, opt, tc: TrainConfig) -> dict:
 
 # Optional parts of the model (ModelConfig fields, 0 = off) that come with a warm start unless a flag of the
 # same name overrides them; each starts as a no-op when added to a checkpoint without it
-ADDED_PARTS = ("token_conv", "patch_stem", "vision_layers", "attention_sink")
+ADDED_PARTS = ("token_conv", "patch_stem", "vision_layers", "attention_sink", "pointer_dim")
 
 
 def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None) -> None:
@@ -611,7 +678,7 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity, so the
     # network computes what the checkpoint did; likewise a dense source leaves msa-tiny's index branch fresh
     # and a new patch stem starts with a zero output layer
-    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.", "vision.", "attn.sink_") + ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ())
+    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.", "vision.", "attn.sink_", "pointer.") + ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ())
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not any(f in k for f in fresh_ok) for k in missing):
         raise ValueError(f"--init-from {directory}: weights do not match this run's model "
@@ -796,6 +863,9 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     cfg = build_model_config(tc)
     if tc.concentration_weight > 0 and not cfg.sparse:  # before a refused run deletes the last log
         raise ValueError(f"--concentration-weight: {cfg.name} is dense; it selects no blocks to concentrate on.")
+    if tc.pointer_weight > 0 and not cfg.pointer_dim:
+        raise ValueError(f"--pointer-weight: {cfg.name} has no GUI pointer; add one with --pointer-dim 64 (it needs "
+                         f"--vision-layers), or drop the flag.")
     net = MSATransformer(cfg)
     if tc.patch_aux_weight > 0:  # training-only heads: removed before the checkpoint is written
         net.patch_supervision = PatchSupervision(cfg.d_model)
@@ -878,6 +948,9 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
                    "digit_loss": None if out["digit_loss"] is None else round(out["digit_loss"].item(), 4)}
             if "patch_loss" in out:
                 rec["patch_loss"] = round(out["patch_loss"].item(), 4)
+            if "pointer_loss" in out:  # pointer_acc: share of screens whose argmax patch holds the target's point
+                rec["pointer_loss"] = round(out["pointer_loss"].item(), 4)
+                rec["pointer_acc"] = round(out["pointer_acc"].item(), 4)
             if "concentration" in out:  # mean -log(dense mass on the selected blocks): -log(recall) per head
                 rec["concentration"] = round(out["concentration"].item(), 4)
             if device.type == "cuda":
@@ -924,6 +997,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         record["patch_aux_weight"] = tc.patch_aux_weight
     if tc.train_only:
         record["train_only"] = tc.train_only
+    if tc.pointer_weight > 0:
+        record["pointer_weight"] = tc.pointer_weight
     if tc.concentration_weight > 0:
         record["concentration"] = {"weight": tc.concentration_weight, "k": tc.concentration_k,
                                    "queries": tc.concentration_queries}
@@ -970,6 +1045,11 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--attention-sink", type=int, default=None, choices=[0, 1],
                     help="learned key/value offsets on the first token, a sink every query can park attention in "
                          "(ModelConfig.attention_sink; default: the warm start's, 0 = off)")
+    ap.add_argument("--pointer-dim", type=int, default=None, metavar="WIDTH",
+                    help="a GUI pointer of this width that act() takes its point from (ModelConfig.pointer_dim; "
+                         "default: the warm start's, 0 = off; needs vision layers)")
+    ap.add_argument("--pointer-weight", type=float, default=d.pointer_weight,
+                    help="weight of the GUI pointer's loss (0 = off; needs a pointer)")
     ap.add_argument("--sink-lr-scale", type=float, default=d.sink_lr_scale,
                     help="the sink offsets' lr as a multiple of --lr")
     ap.add_argument("--data-workers", type=int, default=None, metavar="N",
@@ -1014,6 +1094,8 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
         raise SystemExit(f"--data-workers must be >= 0 (0 = one background thread), got {tc.data_workers}")
     if tc.seq_start > tc.seq_end:
         raise SystemExit(f"--seq-start {tc.seq_start} > --seq-end {tc.seq_end}; swap them.")
+    if tc.pointer_weight < 0:
+        raise SystemExit(f"--pointer-weight must be >= 0 (0 = off), got {tc.pointer_weight}")
     if tc.concentration_weight < 0:
         raise SystemExit(f"--concentration-weight must be >= 0 (0 = off), got {tc.concentration_weight}")
     if tc.concentration_weight > 0 and tc.model != "msa-tiny" and not tc.smoke:

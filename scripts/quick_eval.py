@@ -50,6 +50,7 @@ def main() -> None:
             r["image_qa"] = image_qa_accuracy(model, n=a.n_vision, seed=12345)
             line += (f" gui {r['gui']['accuracy']:.2f} (kind {r['gui']['kind_accuracy']:.2f}; {r['gui']['by_target']})"
                      f" image_qa {r['image_qa']['accuracy']:.2f} ({r['image_qa']['by_kind']})")
+            print(f"{line} [{time.perf_counter() - t0:.1f} s so far]", flush=True)  # a time box may end the rest
         if a.recall and model.config.sparse:
             recall_lengths = parse_lengths(a.recall)
             rec = indexer_recall(model, lengths=recall_lengths, top_k=16)

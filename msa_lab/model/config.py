@@ -73,6 +73,10 @@ class ModelConfig:
     # park that mass in a block MSA always keeps (StreamingLLM's learned sink token, Xiao et al. 2023). Both
     # offsets start at zero, so a warm start computes what the checkpoint did.
     attention_sink: int = 0
+    # a GUI pointer (msa_lab.model.pointer.PatchPointer) of this width (0 = off, the checkpoints shipped before
+    # it): act() takes its point from a choice among the image's patches instead of the JSON's digits. Needs
+    # vision_layers (it matches against the encoder's states). Why: pointer.py
+    pointer_dim: int = 0
     # --- limits ---
     max_context: Optional[int] = None  # hard limit in tokens (dense-200k: 204,800); None = memory-bound only
     # --- length extrapolation of dense attention (None = off) ---
@@ -115,6 +119,12 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.vision_layers={self.vision_layers!r} must be 0 (off) or a layer count in 1..8.")
         if self.attention_sink not in (0, 1) or isinstance(self.attention_sink, bool):
             raise ValueError(f"ModelConfig.attention_sink={self.attention_sink!r} must be 0 (off) or 1 (on).")
+        if not isinstance(self.pointer_dim, int) or isinstance(self.pointer_dim, bool) or \
+                not (self.pointer_dim == 0 or 8 <= self.pointer_dim <= 1024):
+            raise ValueError(f"ModelConfig.pointer_dim={self.pointer_dim!r} must be 0 (off) or a width in 8..1024.")
+        if self.pointer_dim and not self.vision_layers:
+            raise ValueError("ModelConfig.pointer_dim needs vision_layers >= 1: the pointer matches the instruction "
+                             "against the vision encoder's patch states.")
         if self.patch_stem and self.patch_size % 4:
             raise ValueError(f"ModelConfig.patch_stem needs patch_size divisible by 4 (two stride-2 convolutions), "
                              f"got patch_size={self.patch_size}; use patch_size 8 or 16, or patch_stem=0.")

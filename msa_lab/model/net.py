@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from ..config import MSAConfig
 from .config import ModelConfig
 from .layers import Block, RMSNorm, TokenConv, rope_tables
+from .pointer import PatchPointer, point_in_image
 from .tokens import IMG_PATCH
 from .vision_encoder import VisionEncoder
 
@@ -82,6 +83,7 @@ class MSATransformer(nn.Module):
         self.patch_stem = PatchStem(cfg.patch_size, cfg.patch_stem, cfg.d_model) if cfg.patch_stem else None
         self.vision = VisionEncoder(cfg.d_model, cfg.vision_layers, cfg.n_heads, 2 * cfg.d_model, cfg.norm_eps) \
             if cfg.vision_layers else None
+        self.pointer = PatchPointer(cfg.d_model, cfg.pointer_dim) if cfg.pointer_dim else None
         self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
@@ -172,6 +174,31 @@ class MSATransformer(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
         return h @ self.embed.weight.t() if self.lm_head is None else self.lm_head(h)
+
+    @torch.no_grad()
+    def point(self, ids: torch.Tensor, patches: torch.Tensor, patch_slot: torch.Tensor, *, mode: str = "ops"):
+        """Where a GUI action points: ids int64 [1, N] ending at SEP, with one or more images; the pointer picks
+        among the last image's patches. Returns ((x, y) in resized-image pixels, the chosen patch's probability).
+        One full forward (no cache): GUI prompts are a screen and an instruction, a few hundred to ~1K tokens."""
+        if self.pointer is None:
+            raise ValueError(f"{self.cfg.name} has no GUI pointer (ModelConfig.pointer_dim = 0).")
+        states = self.pointer_states(ids, patches, patch_slot, mode=mode)
+        query, keys = states["query"][:, -1], states["keys"][-self.cfg.patches_per_image:]
+        scores = self.pointer.scores(query, keys[None])[0]
+        return point_in_image(scores, self.pointer.offsets(keys), self.cfg.image_size, self.cfg.patch_size)
+
+    def pointer_states(self, ids, patches, patch_slot, positions=None, *, mode: str = "ops", aux=None) -> dict:
+        """Forward pass that also returns what the pointer reads: {"logits" [B, N, V], "query" (the final normed
+        LM states [B, N, d]), "keys" (the vision encoder's normed states [P, d])}."""
+        got: dict = {}
+        hooks = [self.vision.register_forward_hook(lambda m, i, o: got.__setitem__("keys", o[1])),
+                 self.norm.register_forward_hook(lambda m, i, o: got.__setitem__("query", o))]
+        try:
+            got["logits"] = self(ids, patches, patch_slot, positions, mode=mode, aux=aux)
+        finally:
+            for h in hooks:
+                h.remove()
+        return got
 
     # ------------------------------------------------------------------ forward
     def forward(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,

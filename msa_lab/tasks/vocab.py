@@ -51,3 +51,10 @@ TYPED_TEXT = (
     "hello", "Alice", "bob@example.com", "42 Main St", "Paris", "secret123", "555-0100", "report", "My notes",
     "quarterly budget", "Berlin", "test", "draft 2",
 )
+
+
+def gui_labels() -> tuple:
+    """Every label a GUI element can carry (element labels, list names), sorted: the classes of training's
+    per-patch label head (msa_lab.train.PATCH_HEADS "gui_label")."""
+    return tuple(sorted(set(WINDOW_TITLES + MENUS + TOOLBAR_ICONS + BUTTONS + DIALOG_BUTTONS + DIALOG_TITLES + FIELDS
+                            + DIALOG_FIELDS + CHECKBOXES + tuple(LISTS))))

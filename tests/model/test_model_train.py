@@ -454,10 +454,28 @@ def test_patch_labels_mark_what_each_patch_shows():
         assert int(lab[:, heads.index("centre")].sum()) <= len(meta["objects"])
         if meta["word"]:
             assert (lab[:, heads.index("word")] == 1 + cls["word"].index(meta["word"]["text"])).any()
-    for ex in iter_task("gui", 4, 3):
+    checked = 0
+    for ex in iter_task("gui", 8, 3):
         lab, meta = T.patch_labels(ex, cfg), json.loads(ex["meta"])
         assert int(lab[:, heads.index("shape")].max()) == -100
         assert lab[:, heads.index("gui")].min() >= 0 and lab[:, heads.index("gui")].max() >= 1
+        # the patch whose centre lies nearest the target's centre shows the target (drawn last among those there)
+        w, h = meta["size"]
+        x, y = (meta["box"][0] + meta["box"][2]) / 2, (meta["box"][1] + meta["box"][3]) / 2
+        i = int(y * g // h) * g + int(x * g // w)
+        cx, cy = (i % g + 0.5) * w / g, (i // g + 0.5) * h / g
+        under = [e for e in meta["elements"] if e["box"][0] <= cx < e["box"][2] and e["box"][1] <= cy < e["box"][3]]
+        if under and under[-1] is meta["elements"][meta["target_index"]]:
+            target = under[-1]
+            assert lab[i, heads.index("gui_label")] == 1 + cls["gui_label"].index(target["label"])
+            assert lab[i, heads.index("gui_window")] == 1 + cls["gui_window"].index(target["window"])
+            assert lab[i, heads.index("gui")] == 1 + cls["gui"].index(target["kind"])
+            checked += 1
+        empty = [j for j in range(g * g) if not any(e["box"][0] <= (j % g + 0.5) * w / g < e["box"][2]
+                                                    and e["box"][1] <= (j // g + 0.5) * h / g < e["box"][3]
+                                                    for e in meta["elements"])]
+        assert all(int(lab[j, heads.index("gui_label")]) == 0 for j in empty)
+    assert checked >= 2  # the label check above ran on real targets, not only on skipped ones
     text = {"task": "niah_single", "images": [], "meta": "{}"}
     assert T.patch_labels(text, cfg).numel() == 0
 
