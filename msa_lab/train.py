@@ -502,23 +502,11 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
     supervise = getattr(net, "patch_supervision", None) is not None and batch.patch_labels is not None
     point = tc.pointer_weight > 0 and net.pointer is not None and batch.point_xy is not None
     encoder = getattr(net, "vision", None)
-    if supervise or point:
-        states = net.pointer_states(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device),
-                                    mode=mode, aux=aux) if encoder is not None else None
-        if states is None:  # no encoder (older checkpoints): labels supervise the LM's last state at the patches
-            got = []
-            hook = net.norm.register_forward_hook(lambda m, i, o: got.append(o))
-            try:
-                logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device),
-                             mode=mode, aux=aux)
-            finally:
-                hook.remove()
-            hidden = [got[0]]
-        else:
-            logits, hidden = states["logits"], [states["keys"]]
-    else:
-        logits = net(ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device), mode=mode,
-                     aux=aux)
+    args = (ids, batch.patches.to(device), batch.patch_slot.to(device), positions.to(device))
+    # the patch heads and the pointer read hidden states; other steps need only the logits
+    states = net.pointer_states(*args, mode=mode, aux=aux) if supervise or point \
+        else {"logits": net(*args, mode=mode, aux=aux)}
+    logits = states["logits"]
     tgt = ids[:, 1:]
     ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="none")
     ce = ce.view_as(tgt)
@@ -538,7 +526,8 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
         out["loss"] = out["loss"] + tc.concentration_weight * conc
         out["concentration"] = conc.detach()
     if supervise:
-        rows = hidden[0] if encoder is not None else hidden[0][ids == IMG_PATCH]
+        # on the vision encoder's output where there is one, else on the LM's last state at the patch tokens
+        rows = states["keys"] if encoder is not None else states["query"][ids == IMG_PATCH]
         patch = net.patch_supervision.loss(rows, batch.patch_labels.to(device))
         out["loss"] = out["loss"] + tc.patch_aux_weight * patch
         out["patch_loss"] = patch.detach()

@@ -189,10 +189,11 @@ class MSATransformer(nn.Module):
 
     def pointer_states(self, ids, patches, patch_slot, positions=None, *, mode: str = "ops", aux=None) -> dict:
         """Forward pass that also returns what the pointer reads: {"logits" [B, N, V], "query" (the final normed
-        LM states [B, N, d]), "keys" (the vision encoder's normed states [P, d])}."""
+        LM states [B, N, d]), "keys" (the vision encoder's normed states [P, d]; absent without an encoder)}."""
         got: dict = {}
-        hooks = [self.vision.register_forward_hook(lambda m, i, o: got.__setitem__("keys", o[1])),
-                 self.norm.register_forward_hook(lambda m, i, o: got.__setitem__("query", o))]
+        hooks = [self.norm.register_forward_hook(lambda m, i, o: got.__setitem__("query", o))]
+        if self.vision is not None:
+            hooks.append(self.vision.register_forward_hook(lambda m, i, o: got.__setitem__("keys", o[1])))
         try:
             got["logits"] = self(ids, patches, patch_slot, positions, mode=mode, aux=aux)
         finally:
