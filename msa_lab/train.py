@@ -112,6 +112,7 @@ class TrainConfig:
     init_model: Optional[str] = None  # the model name to take from init_from (None: this run's model)
     token_conv: Optional[int] = None  # ModelConfig.token_conv override (None: the preset's, 0 = off)
     image_size: Optional[int] = None  # ModelConfig.image_size override (None: the warm start's, else the preset's)
+    patch_size: Optional[int] = None  # ModelConfig.patch_size override (None: the warm start's, else the preset's)
     patch_stem: Optional[int] = None  # ModelConfig.patch_stem override (None: the warm start's, else the preset's)
     vision_layers: Optional[int] = None  # ModelConfig.vision_layers (None: the warm start's, else the preset's)
     attention_sink: Optional[int] = None  # ModelConfig.attention_sink (None: the warm start's, else the preset's)
@@ -642,12 +643,13 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     source = source or net.cfg.name
     src, _ = load_checkpoint(source, Path(directory), device="cpu")
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
-                image_size=net.cfg.image_size, length_scale_base=net.cfg.length_scale_base,  # no weight depends on it
+                image_size=net.cfg.image_size, patch_size=net.cfg.patch_size,
+                length_scale_base=net.cfg.length_scale_base,  # no weight depends on it
                 **{f: getattr(net.cfg, f) for f in ADDED_PARTS})
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
                          f"{net.cfg.name} beyond attention, context limit, length scale, token_conv, patch stem, "
-                         f"vision layers, attention sink and image size; "
+                         f"vision layers, attention sink, image size and patch size; "
                          f"start from scratch or use a matching checkpoint.")
     for f in ADDED_PARTS:  # a part the checkpoint has must keep its size (a new one starts as a no-op)
         have, want = getattr(src.cfg, f), getattr(net.cfg, f)
@@ -660,6 +662,10 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
              if net.cfg.sparse or not k.endswith(("wiq.weight", "wik.weight"))}  # dense-200k has no index branch
     if state["patch_pos.weight"].shape != own["patch_pos.weight"].shape:  # --image-size changed the patch grid
         state["patch_pos.weight"] = resize_patch_pos(state["patch_pos.weight"], net.cfg.patches_per_image)
+    new_patch = src.cfg.patch_size != net.cfg.patch_size
+    if new_patch:  # another patch size: the pixels-to-embedding map has another shape and starts fresh
+        for k in [k for k in state if k.startswith(("patch_proj.", "patch_stem."))]:
+            del state[k]
     for k, v in state.items():  # TokenConv paths: q, k, v, then (msa only) iq, ik; missing paths keep their init
         if k.endswith("token_conv.weight") and v.shape != own[k].shape:
             n = min(v.shape[0], own[k].shape[0])
@@ -667,11 +673,32 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     # a checkpoint without TokenConv warm-starts one with it: the new taps start at the identity, so the
     # network computes what the checkpoint did; likewise a dense source leaves msa-tiny's index branch fresh
     # and a new patch stem starts with a zero output layer
-    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.", "vision.", "attn.sink_", "pointer.") + ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ())
+    fresh_ok = ("token_conv", "patch_stem.", "patch_supervision.", "vision.", "attn.sink_", "pointer.") + \
+        ((".wiq.", ".wik.") if net.cfg.sparse and not src.cfg.sparse else ()) + (("patch_proj.",) if new_patch else ())
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or any(not any(f in k for f in fresh_ok) for k in missing):
         raise ValueError(f"--init-from {directory}: weights do not match this run's model "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
+
+
+PATCH_HEADS_FILE = "patch_heads.safetensors"
+
+
+def load_patch_heads(net: MSATransformer, directory: str) -> bool:
+    """Load the training-only per-patch heads that msa_lab.vision_pretrain writes beside its checkpoint, where
+    this run has heads. Why: a run that goes on supervising the same labels should start from heads that already
+    read the encoder; random heads' first gradients would scramble what the encoder learned. False: none loaded."""
+    path = Path(directory) / PATCH_HEADS_FILE
+    if getattr(net, "patch_supervision", None) is None or not path.is_file():
+        return False
+    from safetensors.torch import load_file
+
+    saved, own = load_file(str(path)), net.patch_supervision.state_dict()
+    if set(saved) != set(own) or any(saved[k].shape != own[k].shape for k in own):
+        raise ValueError(f"{path} holds patch heads of another shape ({sorted(saved)}) than this run's "
+                         f"PATCH_HEADS {PATCH_HEADS}; delete the file to start the heads fresh.")
+    net.patch_supervision.load_state_dict({k: v.to(own[k].dtype) for k, v in saved.items()})
+    return True
 
 
 def warm_start_record(name: str, directory: str) -> dict:
@@ -828,7 +855,8 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
     for f in ADDED_PARTS if src else ():  # a checkpoint or state written before the part existed has it off
         src.setdefault(f, 0)
     parts = {f: getattr(tc, f) if getattr(tc, f) is not None else src.get(f, getattr(cfg, f)) for f in ADDED_PARTS}
-    return cfg.replace(image_size=tc.image_size or src.get("image_size", cfg.image_size), **parts)
+    return cfg.replace(image_size=tc.image_size or src.get("image_size", cfg.image_size),
+                       patch_size=tc.patch_size or src.get("patch_size", cfg.patch_size), **parts)
 
 
 def resize_patch_pos(weight: torch.Tensor, patches: int) -> torch.Tensor:
@@ -877,6 +905,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     elif tc.init_from:
         warm_start(net, tc.init_from, tc.init_model)
         state["init_from"] = warm_start_record(tc.init_model or cfg.name, tc.init_from)
+        if load_patch_heads(net, tc.init_from):
+            print(f"patch heads from {Path(tc.init_from) / PATCH_HEADS_FILE}")
     elif log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh curve
     if tc.train_only == "index":
@@ -1026,6 +1056,9 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
                     help="images are resized to PIXELS x PIXELS (a multiple of the patch size; default: the "
                          "warm start's, else 64); a warm start at another size interpolates the patch positions")
+    ap.add_argument("--patch-size", type=int, default=None, metavar="PIXELS",
+                    help="patch side in pixels (ModelConfig.patch_size; default: the warm start's, else 8); a warm "
+                         "start at another patch size starts the patch projection and stem fresh")
     ap.add_argument("--patch-stem", type=int, default=None, metavar="CHANNELS",
                     help="per-patch conv stem width (ModelConfig.patch_stem; default: the warm start's, 0 = off)")
     ap.add_argument("--vision-layers", type=int, default=None, metavar="N",

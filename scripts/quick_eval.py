@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2, help="NIAH questions per (length, depth)")
     ap.add_argument("--n-vision", type=int, default=20, help="GUI and image-QA examples (0: skip them)")
     ap.add_argument("--seed", type=int, default=0, help="NIAH seed (1 = held out from the shipped evals)")
+    ap.add_argument("--vision-seed", type=int, default=12345,
+                    help="GUI and image-QA seed (0 = the official eval's; both are below every training seed)")
     ap.add_argument("--recall", default="", help="indexer recall at k = 16 at these lengths (MSA models), e.g. 2K,4K,8K")
     ap.add_argument("--device", default=None)
     a = ap.parse_args()
@@ -46,8 +48,9 @@ def main() -> None:
              "niah_by_length": grid.groupby("length")["accuracy"].mean().round(3).to_dict()}
         line = f"{name}: niah {r['niah_by_length']}"
         if a.n_vision:
-            r["gui"] = gui_click_accuracy(model, n=a.n_vision, seed=12345)
-            r["image_qa"] = image_qa_accuracy(model, n=a.n_vision, seed=12345)
+            r["gui"] = gui_click_accuracy(model, n=a.n_vision, seed=a.vision_seed)
+            r["image_qa"] = image_qa_accuracy(model, n=a.n_vision, seed=a.vision_seed)
+            r["vision_seed"] = a.vision_seed
             line += (f" gui {r['gui']['accuracy']:.2f} (kind {r['gui']['kind_accuracy']:.2f}; {r['gui']['by_target']})"
                      f" image_qa {r['image_qa']['accuracy']:.2f} ({r['image_qa']['by_kind']})")
             print(f"{line} [{time.perf_counter() - t0:.1f} s so far]", flush=True)  # a time box may end the rest

@@ -142,14 +142,20 @@ class MSATransformer(nn.Module):
         With a vision encoder, every image among the rows is encoded whole: to prefill in chunks, embed the
         whole input's patches once and pass each chunk its rows (forward's patch_embeds), so that an image
         cut by a chunk boundary is still seen whole."""
+        return self.encode_patches(patches, patch_slot, dtype)[0]
+
+    def encode_patches(self, patches: torch.Tensor, patch_slot: torch.Tensor, dtype=None):
+        """(the LM's input embeddings [P, d], the vision encoder's normed hidden state [P, d]) of the patch rows;
+        without an encoder the second is the first. The hidden state is what the per-patch labels and the GUI
+        pointer read (msa_lab.train, msa_lab.vision_pretrain)."""
         dtype = dtype or self.embed.weight.dtype
         px = patches.to(dtype)
         pe = self.patch_proj(px) + self.patch_pos(patch_slot)
         if self.patch_stem is not None:
             pe = pe + self.patch_stem(px)
-        if self.vision is not None:
-            pe, _ = self.vision(pe, patch_slot)  # the hidden state is for training's patch labels (a hook)
-        return pe
+        if self.vision is None:
+            return pe, pe
+        return self.vision(pe, patch_slot)
 
     def embed_inputs(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,
                      patch_slot: Optional[torch.Tensor] = None, patch_embeds: Optional[torch.Tensor] = None

@@ -1,0 +1,117 @@
+"""Vision pre-training (msa_lab.vision_pretrain): the front end alone on per-patch labels, then a warm start."""
+import json
+
+import pytest
+import torch
+
+from msa_lab import train as T
+from msa_lab import vision_pretrain as V
+from msa_lab.model import load_checkpoint, small_config
+from msa_lab.model.net import MSATransformer
+from msa_lab.model.vision import patchify
+
+CFG = small_config("msa", vision_layers=1, image_size=32, patch_size=16, patch_stem=4)
+
+
+def _smoke_ck(tmp_path):
+    """A smoke checkpoint of the LM trainer (the warm start both stages take)."""
+    torch.set_num_threads(1)
+    assert T.main(["--smoke", "--no-progress", "--steps", "1", "--out-dir", str(tmp_path / "ck"),
+                   "--log-dir", str(tmp_path / "log"), "--vision-layers", "1"]) == 0
+    return tmp_path / "ck"
+
+
+def test_patchify_batch_matches_patchify():
+    pixels = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    rows = V.patchify_batch(pixels, 8)
+    assert torch.equal(rows, torch.cat([patchify(p, 8) for p in pixels]))
+
+
+def test_pictures_are_deterministic_and_labelled():
+    tasks = T.parse_tasks("gui:1,image_qa_word:1")
+    px, lab = V.draw_pictures(CFG, tasks, 7, 6)
+    px2, lab2 = V.draw_pictures(CFG, tasks, 7, 6)
+    assert px.shape == (6, 3, 32, 32) and lab.shape == (6, CFG.patches_per_image, len(T.PATCH_HEADS))
+    assert torch.equal(px, px2) and torch.equal(lab, lab2)
+    assert not torch.equal(px, V.draw_pictures(CFG, tasks, 8, 6)[0])
+    heads = {h: j for j, h in enumerate(T.PATCH_HEADS)}
+    gui = (lab[..., heads["gui"]] >= 0).all(1)  # a GUI screen labels every patch for the GUI heads...
+    assert gui.any() and (~gui).any()
+    assert (lab[gui][..., heads["word"]] == -100).all()  # ...and none for the image-QA heads
+    assert (lab[~gui][..., heads["word"]] > 0).any()  # the word pictures show their word
+
+
+def test_read_accuracy_counts_each_thing_once_per_picture():
+    labels = torch.tensor([[0, 2, 2, 3], [1, 1, -100, 0]])
+    logits = torch.zeros(2, 4, 4)
+    logits[0, 1, 2] = logits[0, 2, 2] = 5.0  # label 2 read on both of its patches
+    logits[0, 3, 1] = 5.0  # label 3 misread as 1
+    logits[1, 0, 1] = 5.0
+    logits[1, 1, 3] = 2.0  # one patch wrong, but the average still picks 1
+    assert V.read_accuracy(logits, labels) == (2, 3)
+
+
+def test_a_fixed_batch_is_learned_through_the_front_end():
+    """The loss that the stage minimises reaches the stem, the projection and the encoder, and falls."""
+    torch.manual_seed(0)
+    net, heads = MSATransformer(CFG), T.PatchSupervision(CFG.d_model)
+    px, lab = V.draw_pictures(CFG, T.parse_tasks("gui:1,image_qa:1"), 3, 8)
+    params = [p for n, p in net.named_parameters() if n.startswith(V.TRAINED)] + list(heads.parameters())
+    opt = torch.optim.Adam(params, lr=3e-3)
+    watched = ("patch_proj.weight", "patch_stem.conv1.weight", "vision.blocks.0.wqkv.weight")
+    start = {n: net.get_parameter(n).detach().clone() for n in watched}
+    losses = []
+    for _ in range(40):
+        loss = heads.loss(V.encoder_states(net, px), lab.view(-1, len(T.PATCH_HEADS)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    for n in watched:  # the stem's output layer starts at zero, so its convolutions move from the second step
+        assert not torch.equal(start[n], net.get_parameter(n)), n
+
+
+def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, capsys):
+    ck = _smoke_ck(tmp_path)
+    out = tmp_path / "v"
+    assert V.main(["--smoke", "--no-progress", "--init-from", str(ck), "--out-dir", str(out), "--max-steps", "3",
+                   "--image-size", "32", "--patch-size", "16", "--patch-stem", "4", "--eval-every", "100"]) == 0
+    before, after = load_checkpoint("smoke-msa", ck)[0], load_checkpoint("smoke-msa", out)[0]
+    assert (after.cfg.image_size, after.cfg.patch_size, after.cfg.patch_stem) == (32, 16, 4)
+    a, b = before.state_dict(), after.state_dict()
+    lm = [k for k in b if not k.startswith(V.TRAINED)]
+    assert "layers.0.attn.wq.weight" in lm and "vision.out.weight" in lm and "embed.weight" in lm
+    assert all(torch.equal(a[k], b[k]) for k in lm)  # the language model is the warm start's
+    assert not torch.equal(a["vision.blocks.0.wqkv.weight"], b["vision.blocks.0.wqkv.weight"])
+    assert b["patch_proj.weight"].shape == (CFG.d_model, 3 * 16 * 16)
+    ev = json.loads((out / "vision_eval.json").read_text())
+    assert ev["steps"] == 3 and ev["pictures"] == 3 * 8
+    assert 0 <= ev["held_out"]["image_qa_word"]["word"]["read_acc"] <= 1
+    assert ev["held_out"]["gui"]["gui_label"]["read_n"] > 0
+    card = json.loads((out / "smoke-msa.json").read_text())["train"]
+    assert card["chain"][-1]["run"].startswith("vision pre-training")
+    # the LM trainer goes on from it, with the stage's patch heads
+    capsys.readouterr()
+    assert T.main(["--smoke", "--no-progress", "--steps", "1", "--init-from", str(out), "--out-dir",
+                   str(tmp_path / "f"), "--log-dir", str(tmp_path / "flog"), "--patch-aux-weight", "1"]) == 0
+    assert "patch heads from" in capsys.readouterr().out
+    net = MSATransformer(after.cfg)
+    net.patch_supervision = T.PatchSupervision(after.cfg.d_model)
+    assert T.load_patch_heads(net, str(out))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / T.PATCH_HEADS_FILE))
+    assert all(torch.equal(v, saved[k]) for k, v in net.patch_supervision.state_dict().items())
+    assert T.build_model_config(T.TrainConfig(smoke=True, init_from=str(tmp_path / "f"))).patch_size == 16
+
+
+def test_refusals(tmp_path):
+    with pytest.raises(ValueError, match="training seed range"):
+        V.held_out(CFG, {"gui": 1.0}, 2, T.TRAIN_SEED_MIN)
+    with pytest.raises(ValueError, match="draws only pictures"):
+        V.run(V.parse_args(["--smoke", "--tasks", "niah_single:1", "--out-dir", str(tmp_path)]))
+    with pytest.raises(ValueError, match="no vision encoder"):
+        V.run(V.parse_args(["--smoke", "--vision-layers", "0", "--out-dir", str(tmp_path)]))
+    with pytest.raises(SystemExit, match="--batch"):
+        V.parse_args(["--batch", "0"])
