@@ -1,4 +1,4 @@
-"""`msa-lab` command line: lab, info, bench, train, eval."""
+"""`msa-lab` command line: lab, info, bench, train, pretrain-vision, eval."""
 from __future__ import annotations
 
 import argparse
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, module, text in (
         ("bench", "msa_lab.bench", "GPU benchmark of the kernels (writes data/bench/<date>-<card>.json)"),
         ("train", "msa_lab.train", "train the small models"),
+        ("pretrain-vision", "msa_lab.vision_pretrain", "train the patch path and vision encoder alone on per-patch labels"),
         ("eval", "msa_lab.eval", "evaluate the small models"),
     ):
         p = sub.add_parser(name, help=text, add_help=False)
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(fn=_delegate(module, name))
     args, unknown = ap.parse_known_args(argv)
     if unknown:
-        if args.cmd not in ("bench", "train", "eval"):
+        if args.cmd not in ("bench", "train", "pretrain-vision", "eval"):
             ap.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.extra = unknown + args.extra  # options after `bench`/`train`/`eval` belong to that tool
     return args.fn(args)

@@ -764,8 +764,11 @@ def _runs_text(tr: dict) -> str:
 def _images_text(cfg: dict) -> str:
     size, patch = cfg.get("image_size", 64), cfg.get("patch_size", 8)
     enc = cfg.get("vision_layers") or 0
+    stem, pointer = cfg.get("patch_stem") or 0, cfg.get("pointer_dim") or 0
     return (f"resized to {size}x{size} px, {patch}-px patches ({(size // patch) ** 2} tokens per image); "
-            + (f"vision encoder: {enc} bidirectional layers over each image" if enc else "no vision encoder"))
+            + (f"a per-patch conv stem ({stem} channels); " if stem else "")
+            + (f"vision encoder: {enc} bidirectional layers over each image" if enc else "no vision encoder")
+            + (f"; a GUI pointer (width {pointer}) gives act() its point" if pointer else ""))
 
 
 def _eval_text(res: dict, sha256: str) -> str:

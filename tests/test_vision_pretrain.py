@@ -115,3 +115,11 @@ def test_refusals(tmp_path):
         V.run(V.parse_args(["--smoke", "--vision-layers", "0", "--out-dir", str(tmp_path)]))
     with pytest.raises(SystemExit, match="--batch"):
         V.parse_args(["--batch", "0"])
+
+
+def test_cli_delegates(capsys):
+    from msa_lab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain-vision", "--help"])
+    assert e.value.code == 0 and "--patch-size" in capsys.readouterr().out

@@ -561,3 +561,12 @@ def test_concentration_weight_adds_weight_times_the_loss():
     conc = outs[0.5]["concentration"]
     assert "concentration" not in outs[0.0] and conc > 0.01
     assert outs[0.5]["loss"].item() == pytest.approx(outs[0.0]["loss"].item() + 0.5 * conc.item(), rel=1e-5)
+
+
+def test_card_names_the_image_front_end():
+    from msa_lab.train import _images_text
+
+    plain = _images_text({"image_size": 64, "patch_size": 8, "vision_layers": 2})
+    assert plain.startswith("resized to 64x64 px, 8-px patches (64 tokens per image)") and "stem" not in plain
+    full = _images_text({"image_size": 256, "patch_size": 16, "vision_layers": 2, "patch_stem": 32, "pointer_dim": 64})
+    assert "256 tokens per image" in full and "conv stem (32 channels)" in full and "GUI pointer (width 64)" in full
