@@ -376,10 +376,24 @@ class PatchSupervision(torch.nn.Module):
         self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(d_model, 1 + len(patch_classes()[k]))
                                           for k in PATCH_HEADS})
 
-    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """hidden [P, d], labels int64 [P, heads] -> mean cross-entropy over the heads that have labels."""
-        terms = [F.cross_entropy(head(hidden).float(), labels[:, j], ignore_index=-100)
-                 for j, head in enumerate(self.heads.values()) if bool((labels[:, j] >= 0).any())]
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor, balanced: bool = False) -> torch.Tensor:
+        """hidden [P, d], labels int64 [P, heads] -> mean cross-entropy over the heads that have labels.
+
+        balanced: each head's loss is the mean of its loss on the patches that show something (label > 0) and
+        its loss on those that show nothing, instead of one mean over both. Why: a written word covers ~3% of an
+        image-QA picture's patches, and under the plain mean the word head learned to say "nothing" everywhere
+        (object accuracy 0.03 after 144K pictures of vision pre-training on an H100, 2026-12-07)."""
+        terms = []
+        for j, head in enumerate(self.heads.values()):
+            lab = labels[:, j]
+            if not bool((lab >= 0).any()):
+                continue
+            if not balanced:
+                terms.append(F.cross_entropy(head(hidden).float(), lab, ignore_index=-100))
+                continue
+            ce = F.cross_entropy(head(hidden).float(), lab, ignore_index=-100, reduction="none")
+            parts = [ce[m].mean() for m in (lab > 0, lab == 0) if bool(m.any())]
+            terms.append(torch.stack(parts).mean())
         return torch.stack(terms).mean() if terms else hidden.sum() * 0.0
 
 
@@ -1014,7 +1028,12 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
                                     "seconds": round(state["seconds"], 1)}]
         record["chain_commands"] = prev.get("chain_commands", []) + [record["command"]]
     net.eval()
-    if getattr(net, "patch_supervision", None) is not None:
+    if getattr(net, "patch_supervision", None) is not None:  # beside the checkpoint, for a run that goes on
+        from safetensors.torch import save_file
+
+        Path(tc.out_dir).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in net.patch_supervision.state_dict().items()},
+                  str(Path(tc.out_dir) / PATCH_HEADS_FILE))
         del net.patch_supervision
         record["patch_aux_weight"] = tc.patch_aux_weight
     if tc.train_only:

@@ -41,7 +41,7 @@ from .model.checkpoint import save_checkpoint
 from .model.net import MSATransformer
 from .model.vision import prepare_image
 from .train import (IMAGE_QA_KIND_TASKS, PATCH_HEADS, PATCH_HEADS_FILE, TRAIN_SEED_MIN, PatchSupervision,
-                    TrainConfig, build_model_config, parse_tasks, patch_classes, patch_labels, warm_start,
+                    TrainConfig, build_model_config, load_patch_heads, parse_tasks, patch_classes, patch_labels, warm_start,
                     warm_start_record)
 
 VISION_TASKS = ("gui", "image_qa") + IMAGE_QA_KIND_TASKS
@@ -68,6 +68,7 @@ class VisionConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.05
     grad_clip: float = 1.0
+    balanced: bool = True  # PatchSupervision.loss(balanced=...): things and background weigh the same per head
     tasks: str = DEFAULT_TASKS
     workers: Optional[int] = None  # picture-drawing processes (None: 0 on a CPU, up to 14 on a GPU)
     seed: int = 0
@@ -222,6 +223,10 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
         warm_start(net, vc.init_from)
         prev = warm_start_record(cfg.name, vc.init_from)
     heads = PatchSupervision(cfg.d_model)
+    net.patch_supervision = heads  # load_patch_heads looks for them there; removed before the save
+    if vc.init_from and load_patch_heads(net, vc.init_from):
+        print(f"patch heads from {Path(vc.init_from) / PATCH_HEADS_FILE}")
+    del net.patch_supervision
     for name, p in net.named_parameters():
         p.requires_grad_(name.startswith(TRAINED))
     trained = [p for p in net.parameters() if p.requires_grad] + list(heads.parameters())
@@ -267,7 +272,8 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
                 g["lr"] = lr
             with amp:
                 hidden = encoder_states(net, pixels.to(device, non_blocking=True))
-                loss = heads.loss(hidden, labels.to(device, non_blocking=True).view(-1, len(PATCH_HEADS)))
+                loss = heads.loss(hidden, labels.to(device, non_blocking=True).view(-1, len(PATCH_HEADS)),
+                                  balanced=vc.balanced)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(trained, vc.grad_clip)
@@ -339,6 +345,8 @@ def parse_args(argv: Optional[List[str]] = None) -> VisionConfig:
     ap.add_argument("--lr", type=float, default=d.lr)
     ap.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     ap.add_argument("--tasks", default=d.tasks, help="name:weight,... of " + ", ".join(VISION_TASKS))
+    ap.add_argument("--plain-loss", dest="balanced", action="store_false",
+                    help="one mean over all patches per head (default: things and background weigh the same)")
     ap.add_argument("--workers", type=int, default=None, help="drawing processes (default: 0 on a CPU, 14 on a GPU)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--eval-n", type=int, default=d.eval_n, help="held-out pictures per task")

@@ -6,6 +6,8 @@
 # the GUI pointer (msa_lab.train); then the quick eval on the official vision seed 0 (100 GUI, 100 image QA) and
 # NIAH at 4K.
 #   bash scripts/device_reader.sh                                  (from the shipped msa-tiny)
+#   V_INIT=.ck_reader/run1/f bash scripts/device_reader.sh         (carry [".ck_reader/run1/f"]): both stages again,
+#       from the first call's full model (its patch heads beside it)
 #   PART=2 INIT=.ck_reader/f bash scripts/device_reader.sh         (carry [".ck_reader/f"]): the full stage goes on
 set -u
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD MSA_LAB_AUTOTUNE=0
@@ -19,7 +21,7 @@ V_MIN=${V_MIN:-2.6}
 F_MIN=${F_MIN:-4.4}
 INIT=${INIT:-$W/v}
 if [ "${PART:-1}" = 1 ]; then
-  python -m msa_lab.vision_pretrain --init-from data/checkpoints --image-size 256 --patch-size 16 --patch-stem 32 \
+  python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} --image-size 256 --patch-size 16 --patch-stem 32 \
     --pointer-dim 64 --minutes "$V_MIN" --batch ${V_BATCH:-256} --lr ${V_LR:-1e-3} --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:1} \
     --no-progress --out-dir $W/v > $W/v.stdout 2>&1 || { tail -n 30 $W/v.stdout; exit 1; }
   grep -E "^(step|final)" $W/v.stdout
@@ -49,8 +51,8 @@ for i in range(0, len(rows), q):
           + (f" | pointer acc {sum(pa) / len(pa):.2f} patch loss (gui) {sum(pl) / len(pl):.2f}" if pa else ""))
 PY
 cp $W/f/msa-tiny.safetensors "$OUT/f.msa-tiny.safetensors"
-timeout ${EVAL_S:-75} python scripts/quick_eval.py --checkpoint-dir $W/f --models msa-tiny --out $W/f/quick_eval.json \
+[ "${EVAL_S:-75}" -gt 0 ] && timeout ${EVAL_S:-75} python scripts/quick_eval.py --checkpoint-dir $W/f --models msa-tiny --out $W/f/quick_eval.json \
   --lengths 4096 --n 1 --n-vision ${N_VISION:-100} --vision-seed 0 > $W/eval.txt 2>&1
 tail -n 2 $W/eval.txt
-tar czf "$OUT/reader.tgz" -C $W --exclude '*.safetensors' --exclude '*.pt' .
+tar czf "$OUT/reader.tgz" -C $W --exclude 'msa-tiny.safetensors' --exclude '*.pt' .
 ls -la "$OUT"

@@ -104,6 +104,12 @@ def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, c
     saved = load_file(str(out / T.PATCH_HEADS_FILE))
     assert all(torch.equal(v, saved[k]) for k, v in net.patch_supervision.state_dict().items())
     assert T.build_model_config(T.TrainConfig(smoke=True, init_from=str(tmp_path / "f"))).patch_size == 16
+    # the trainer writes its heads beside its checkpoint, and a further vision stage starts from them
+    assert (tmp_path / "f" / T.PATCH_HEADS_FILE).is_file()
+    capsys.readouterr()
+    assert V.main(["--smoke", "--no-progress", "--init-from", str(tmp_path / "f"), "--out-dir", str(tmp_path / "v2"),
+                   "--max-steps", "1", "--eval-every", "100"]) == 0
+    assert "patch heads from" in capsys.readouterr().out
 
 
 def test_refusals(tmp_path):
@@ -123,3 +129,18 @@ def test_cli_delegates(capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain-vision", "--help"])
     assert e.value.code == 0 and "--patch-size" in capsys.readouterr().out
+
+
+def test_balanced_loss_weighs_things_and_background_the_same():
+    torch.manual_seed(0)
+    heads = T.PatchSupervision(8)
+    hidden = torch.randn(10, 8)
+    labels = torch.full((10, len(T.PATCH_HEADS)), -100)
+    word = T.PATCH_HEADS.index("word")
+    labels[:, word] = 0
+    labels[3, word] = 5  # one patch of ten shows the word
+    ce = torch.nn.functional.cross_entropy(heads.heads["word"](hidden), labels[:, word], reduction="none")
+    assert torch.allclose(heads.loss(hidden, labels), ce.mean())
+    assert torch.allclose(heads.loss(hidden, labels, balanced=True), (ce[3] + ce[torch.arange(10) != 3].mean()) / 2)
+    labels[3, word] = 0  # nothing shown: the background alone
+    assert torch.allclose(heads.loss(hidden, labels, balanced=True), heads.loss(hidden, labels))
