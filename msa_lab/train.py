@@ -695,16 +695,28 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]}).")
 
 
-PATCH_HEADS_FILE = "patch_heads.safetensors"
+def patch_heads_path(directory, name: str) -> Path:
+    """Where the training-only per-patch heads of checkpoint <name> are kept: beside it, one file per model."""
+    return Path(directory) / f"{name}.patch_heads.safetensors"
 
 
-def load_patch_heads(net: MSATransformer, directory: str) -> bool:
-    """Load the training-only per-patch heads that msa_lab.vision_pretrain writes beside its checkpoint, where
-    this run has heads. Why: a run that goes on supervising the same labels should start from heads that already
-    read the encoder; random heads' first gradients would scramble what the encoder learned. False: none loaded."""
-    path = Path(directory) / PATCH_HEADS_FILE
+def save_patch_heads(heads: "PatchSupervision", directory, name: str) -> Path:
+    from safetensors.torch import save_file
+
+    path = patch_heads_path(directory, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().float().cpu().contiguous() for k, v in heads.state_dict().items()}, str(path))
+    return path
+
+
+def load_patch_heads(net: MSATransformer, directory: str, name: Optional[str] = None) -> Optional[Path]:
+    """Load the training-only per-patch heads written beside checkpoint <name> (default: net's model) by
+    msa_lab.vision_pretrain or an earlier run with --patch-aux-weight, where this run has heads. Why: a run that goes
+    on supervising the same labels should start from heads that already read the encoder; random heads' first
+    gradients would scramble what the encoder learned. Returns the file loaded, or None."""
+    path = patch_heads_path(directory, name or net.cfg.name)
     if getattr(net, "patch_supervision", None) is None or not path.is_file():
-        return False
+        return None
     from safetensors.torch import load_file
 
     saved, own = load_file(str(path)), net.patch_supervision.state_dict()
@@ -712,7 +724,7 @@ def load_patch_heads(net: MSATransformer, directory: str) -> bool:
         raise ValueError(f"{path} holds patch heads of another shape ({sorted(saved)}) than this run's "
                          f"PATCH_HEADS {PATCH_HEADS}; delete the file to start the heads fresh.")
     net.patch_supervision.load_state_dict({k: v.to(own[k].dtype) for k, v in saved.items()})
-    return True
+    return path
 
 
 def warm_start_record(name: str, directory: str) -> dict:
@@ -922,8 +934,9 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     elif tc.init_from:
         warm_start(net, tc.init_from, tc.init_model)
         state["init_from"] = warm_start_record(tc.init_model or cfg.name, tc.init_from)
-        if load_patch_heads(net, tc.init_from):
-            print(f"patch heads from {Path(tc.init_from) / PATCH_HEADS_FILE}")
+        heads = load_patch_heads(net, tc.init_from, tc.init_model or cfg.name)
+        if heads:
+            print(f"patch heads from {heads}")
     elif log_path.exists():
         log_path.unlink()  # a fresh run starts a fresh curve
     if tc.train_only == "index":
@@ -1028,12 +1041,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
                                     "seconds": round(state["seconds"], 1)}]
         record["chain_commands"] = prev.get("chain_commands", []) + [record["command"]]
     net.eval()
-    if getattr(net, "patch_supervision", None) is not None:  # beside the checkpoint, for a run that goes on
-        from safetensors.torch import save_file
-
-        Path(tc.out_dir).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in net.patch_supervision.state_dict().items()},
-                  str(Path(tc.out_dir) / PATCH_HEADS_FILE))
+    if getattr(net, "patch_supervision", None) is not None:
+        save_patch_heads(net.patch_supervision, tc.out_dir, cfg.name)  # beside the checkpoint, for a run that goes on
         del net.patch_supervision
         record["patch_aux_weight"] = tc.patch_aux_weight
     if tc.train_only:

@@ -13,8 +13,8 @@ writes a normal checkpoint: the language model's weights are the warm start's, u
         --patch-stem 32 --pointer-dim 64 --minutes 3 --out-dir /tmp/v
     python -m msa_lab.train --init-from /tmp/v --pointer-weight 1 --patch-aux-weight 1 ...
 
-Writes to --out-dir: <model>.safetensors + .json (the whole model), patch_heads.safetensors (the training-only
-heads, which msa_lab.train loads to go on supervising), vision_log.jsonl (loss per step, held-out figures per
+Writes to --out-dir: <model>.safetensors + .json (the whole model), <model>.patch_heads.safetensors (the
+training-only heads, which msa_lab.train loads to go on supervising), vision_log.jsonl (loss per step, held-out figures per
 eval) and vision_eval.json (the last held-out figures). Held-out pictures come from --eval-seed, below
 msa_lab.train.TRAIN_SEED_MIN, so they are never training pictures. "read" figures: for each word in a picture and
 each GUI label, the head's logits averaged over the patches that show it pick the right one of 30 words / 67
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from .model.checkpoint import save_checkpoint
 from .model.net import MSATransformer
 from .model.vision import prepare_image
-from .train import (IMAGE_QA_KIND_TASKS, PATCH_HEADS, PATCH_HEADS_FILE, TRAIN_SEED_MIN, PatchSupervision,
-                    TrainConfig, build_model_config, load_patch_heads, parse_tasks, patch_classes, patch_labels, warm_start,
-                    warm_start_record)
+from .train import (IMAGE_QA_KIND_TASKS, PATCH_HEADS, TRAIN_SEED_MIN, PatchSupervision,
+                    TrainConfig, build_model_config, load_patch_heads, parse_tasks, patch_classes, patch_labels,
+                    save_patch_heads, warm_start, warm_start_record)
 
 VISION_TASKS = ("gui", "image_qa") + IMAGE_QA_KIND_TASKS
 DEFAULT_TASKS = "gui:2,image_qa:1,image_qa_word:1"
@@ -148,15 +148,27 @@ def encoder_states(net: MSATransformer, pixels: torch.Tensor) -> torch.Tensor:
     return net.encode_patches(px, slot)[1]
 
 
-def read_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple:
+def read_accuracy(logits: torch.Tensor, labels: torch.Tensor, groups: Optional[torch.Tensor] = None):
     """logits [B, P, C], labels int64 [B, P] (0 = nothing, -100 = unlabelled) -> (correct, total): for each picture
-    and each class c > 0 on it, whether the logits averaged over c's patches pick c."""
+    and each class c > 0 on it, whether the logits averaged over c's patches pick c.
+
+    groups int64 [B, P] (e.g. the GUI element kind under each patch): also split the count by the group most of
+    c's patches carry -> (correct, total, {group: (correct, total)})."""
     correct = total = 0
-    for lg, lab in zip(logits, labels):
+    by: Dict[int, list] = {}
+    for b, (lg, lab) in enumerate(zip(logits, labels)):
         for c in lab[lab > 0].unique().tolist():
-            correct += int(lg[lab == c].float().mean(0).argmax()) == c
-            total += 1
-    return correct, total
+            m = lab == c
+            hit = int(lg[m].float().mean(0).argmax()) == c
+            correct, total = correct + hit, total + 1
+            if groups is not None:
+                g = int(groups[b][m].mode().values)
+                by.setdefault(g, [0, 0])
+                by[g][0] += hit
+                by[g][1] += 1
+    if groups is None:
+        return correct, total
+    return correct, total, {g: tuple(v) for g, v in sorted(by.items())}
 
 
 @torch.no_grad()
@@ -179,9 +191,14 @@ def evaluate(net: MSATransformer, heads: PatchSupervision, data: Dict[str, tuple
             on, off = lab > 0, lab == 0
             r[h] = {"object_acc": round(float((pred[on] == lab[on]).float().mean()), 4) if on.any() else None,
                     "background_acc": round(float((pred[off] == 0).float().mean()), 4) if off.any() else None}
-            if h in ("word", "gui_label"):
+            if h == "word":
                 c, t = read_accuracy(lg, lab)
                 r[h]["read_acc"], r[h]["read_n"] = (round(c / t, 4) if t else None), t
+            if h == "gui_label":  # by element kind: menus and lists can be named from their place, buttons cannot
+                c, t, by = read_accuracy(lg, lab, labels[..., PATCH_HEADS.index("gui")])
+                r[h]["read_acc"], r[h]["read_n"] = (round(c / t, 4) if t else None), t
+                kinds = ("none",) + patch_classes()["gui"]
+                r[h]["read_by_kind"] = {kinds[g]: round(ok / n, 4) for g, (ok, n) in by.items() if g >= 0}
         out[task] = r
     return out
 
@@ -224,8 +241,9 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
         prev = warm_start_record(cfg.name, vc.init_from)
     heads = PatchSupervision(cfg.d_model)
     net.patch_supervision = heads  # load_patch_heads looks for them there; removed before the save
-    if vc.init_from and load_patch_heads(net, vc.init_from):
-        print(f"patch heads from {Path(vc.init_from) / PATCH_HEADS_FILE}")
+    loaded = load_patch_heads(net, vc.init_from) if vc.init_from else None
+    if loaded:
+        print(f"patch heads from {loaded}")
     del net.patch_supervision
     for name, p in net.named_parameters():
         p.requires_grad_(name.startswith(TRAINED))
@@ -319,10 +337,7 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
         record["chain"] = (prev.get("chain") or []) + [run_rec]
         record["chain_commands"] = (prev.get("chain_commands") or []) + [command]
     save_checkpoint(net, out_dir, train=record)
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in heads.state_dict().items()},
-              str(out_dir / PATCH_HEADS_FILE))
+    save_patch_heads(heads, out_dir, cfg.name)
     result = {"steps": step, "pictures": pictures, "seconds": round(seconds, 1), "device": dev_name,
               "config": net.cfg.to_dict(), "held_out": final, "evals": evals, "eval_seed": vc.eval_seed,
               "classes": {h: len(patch_classes()[h]) for h in PATCH_HEADS}}

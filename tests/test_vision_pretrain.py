@@ -49,6 +49,10 @@ def test_read_accuracy_counts_each_thing_once_per_picture():
     logits[1, 0, 1] = 5.0
     logits[1, 1, 3] = 2.0  # one patch wrong, but the average still picks 1
     assert V.read_accuracy(logits, labels) == (2, 3)
+    # label 2 on group 4 (read), label 3 on group 7 (misread), label 1 on one patch each of 4 and 7: the tie goes
+    # to the smaller group
+    groups = torch.tensor([[0, 4, 4, 7], [4, 7, 7, 0]])
+    assert V.read_accuracy(logits, labels, groups) == (2, 3, {4: (2, 2), 7: (0, 1)})
 
 
 def test_a_fixed_batch_is_learned_through_the_front_end():
@@ -89,6 +93,7 @@ def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, c
     assert ev["steps"] == 3 and ev["pictures"] == 3 * 8
     assert 0 <= ev["held_out"]["image_qa_word"]["word"]["read_acc"] <= 1
     assert ev["held_out"]["gui"]["gui_label"]["read_n"] > 0
+    assert set(ev["held_out"]["gui"]["gui_label"]["read_by_kind"]) <= set(T.patch_classes()["gui"]) | {"none"}
     card = json.loads((out / "smoke-msa.json").read_text())["train"]
     assert card["chain"][-1]["run"].startswith("vision pre-training")
     # the LM trainer goes on from it, with the stage's patch heads
@@ -98,14 +103,14 @@ def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, c
     assert "patch heads from" in capsys.readouterr().out
     net = MSATransformer(after.cfg)
     net.patch_supervision = T.PatchSupervision(after.cfg.d_model)
-    assert T.load_patch_heads(net, str(out))
+    assert T.load_patch_heads(net, str(out)) == T.patch_heads_path(out, "smoke-msa")
     from safetensors.torch import load_file
 
-    saved = load_file(str(out / T.PATCH_HEADS_FILE))
+    saved = load_file(str(T.patch_heads_path(out, "smoke-msa")))
     assert all(torch.equal(v, saved[k]) for k, v in net.patch_supervision.state_dict().items())
     assert T.build_model_config(T.TrainConfig(smoke=True, init_from=str(tmp_path / "f"))).patch_size == 16
     # the trainer writes its heads beside its checkpoint, and a further vision stage starts from them
-    assert (tmp_path / "f" / T.PATCH_HEADS_FILE).is_file()
+    assert T.patch_heads_path(tmp_path / "f", "smoke-msa").is_file()
     capsys.readouterr()
     assert V.main(["--smoke", "--no-progress", "--init-from", str(tmp_path / "f"), "--out-dir", str(tmp_path / "v2"),
                    "--max-steps", "1", "--eval-every", "100"]) == 0
@@ -144,3 +149,26 @@ def test_balanced_loss_weighs_things_and_background_the_same():
     assert torch.allclose(heads.loss(hidden, labels, balanced=True), (ce[3] + ce[torch.arange(10) != 3].mean()) / 2)
     labels[3, word] = 0  # nothing shown: the background alone
     assert torch.allclose(heads.loss(hidden, labels, balanced=True), heads.loss(hidden, labels))
+
+
+def test_reader_eval_script(tmp_path, monkeypatch, capsys):
+    import importlib.util
+    import os
+    import sys
+
+    ck = _smoke_ck(tmp_path)
+    out = tmp_path / "v"
+    assert V.main(["--smoke", "--no-progress", "--init-from", str(ck), "--out-dir", str(out), "--max-steps", "1"]) == 0
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "reader_eval.py")
+    spec = importlib.util.spec_from_file_location("reader_eval", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["reader_eval.py", str(out), "--model", "smoke-msa", "--n", "4",
+                                      "--out", str(tmp_path / "r.json")])
+    mod.main()
+    res = json.loads((tmp_path / "r.json").read_text())["results"][str(out)]
+    assert res["held_out"]["gui"]["gui_label"]["read_n"] > 0 and "read_by_kind" in res["held_out"]["gui"]["gui_label"]
+    assert "GUI labels read, by element kind" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["reader_eval.py", str(ck), "--model", "smoke-msa"])
+    with pytest.raises(SystemExit, match="no smoke-msa.patch_heads.safetensors"):
+        mod.main()
