@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
-from .model.checkpoint import save_checkpoint
+from .model.checkpoint import REPO_ROOT, save_checkpoint
 from .model.net import MSATransformer
 from .model.vision import prepare_image
 from .train import (IMAGE_QA_KIND_TASKS, PATCH_HEADS, TRAIN_SEED_MIN, PatchSupervision,
@@ -75,7 +74,7 @@ class VisionConfig:
     eval_n: int = 256  # held-out pictures per task
     eval_seed: int = 4242
     eval_every: float = 1.0  # minutes
-    out_dir: str = "data/checkpoints/vision"
+    out_dir: str = str(REPO_ROOT / "data" / "checkpoints" / "vision")
     device: Optional[str] = None
     smoke: bool = False
     progress: bool = True
@@ -118,14 +117,15 @@ class Pictures(torch.utils.data.IterableDataset):
     """Step s's batch is draw_pictures(seed = hash of (run seed, s)); worker k of W draws steps k, k + W, ...,
     which the DataLoader hands out in step order."""
 
-    def __init__(self, cfg, tasks: Dict[str, float], seed: int, batch: int, start: int = 0):
-        self.cfg, self.tasks, self.seed, self.batch, self.start = cfg, tasks, seed, batch, start
+    def __init__(self, cfg, tasks: Dict[str, float], seed: int, batch: int):
+        self.cfg, self.tasks, self.seed, self.batch = cfg, tasks, seed, batch
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         k, w = (info.id, info.num_workers) if info else (0, 1)
-        torch.set_num_threads(1)
-        step = self.start + k
+        if info:  # one core per drawing process; without workers the trainer's own threads are left alone
+            torch.set_num_threads(1)
+        step = k
         while True:
             step_seed = random.Random(f"msa-lab/vision/{self.seed}/{step}").randrange(2**31)
             yield draw_pictures(self.cfg, self.tasks, step_seed, self.batch)
