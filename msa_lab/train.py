@@ -709,22 +709,36 @@ def save_patch_heads(heads: "PatchSupervision", directory, name: str) -> Path:
     return path
 
 
-def load_patch_heads(net: MSATransformer, directory: str, name: Optional[str] = None) -> Optional[Path]:
-    """Load the training-only per-patch heads written beside checkpoint <name> (default: net's model) by
-    msa_lab.vision_pretrain or an earlier run with --patch-aux-weight, where this run has heads. Why: a run that goes
-    on supervising the same labels should start from heads that already read the encoder; random heads' first
-    gradients would scramble what the encoder learned. Returns the file loaded, or None."""
-    path = patch_heads_path(directory, name or net.cfg.name)
-    if getattr(net, "patch_supervision", None) is None or not path.is_file():
+def load_patch_heads(heads: "PatchSupervision", directory: str, name: str) -> Optional[Path]:
+    """Load into `heads` the training-only per-patch heads written beside checkpoint <name> by
+    msa_lab.vision_pretrain or an earlier run with --patch-aux-weight. Why: a run that goes on supervising the same
+    labels should start from heads that already read the encoder; random heads' first gradients would scramble what
+    the encoder learned. Returns the file loaded, or None where there is none."""
+    path = patch_heads_path(directory, name)
+    if not path.is_file():
         return None
     from safetensors.torch import load_file
 
-    saved, own = load_file(str(path)), net.patch_supervision.state_dict()
+    saved, own = load_file(str(path)), heads.state_dict()
     if set(saved) != set(own) or any(saved[k].shape != own[k].shape for k in own):
         raise ValueError(f"{path} holds patch heads of another shape ({sorted(saved)}) than this run's "
                          f"PATCH_HEADS {PATCH_HEADS}; delete the file to start the heads fresh.")
-    net.patch_supervision.load_state_dict({k: v.to(own[k].dtype) for k, v in saved.items()})
+    heads.load_state_dict({k: v.to(own[k].dtype) for k, v in saved.items()})
     return path
+
+
+def chain_onto(record: dict, prev: dict, run: str) -> dict:
+    """Add to a run's card record (steps, tokens, seconds, command) the warm start's: totals, and the chain of every
+    run so far with this one last under the name `run`. The card reports the whole training, not the last run."""
+    record["warm_started_from"] = prev
+    record["total_steps"] = record["steps"] + (prev.get("steps") or 0)
+    record["total_tokens"] = record["tokens"] + (prev.get("tokens") or 0)
+    record["total_seconds"] = round(record["seconds"] + (prev.get("seconds") or 0), 1)
+    chain = prev.get("chain") or []  # warm_start_record always writes one; resumed older states may not
+    record["chain"] = chain + [{"run": run, "steps": record["steps"], "tokens": record["tokens"],
+                                "seconds": record["seconds"]}]
+    record["chain_commands"] = (prev.get("chain_commands") or []) + [record["command"]]
+    return record
 
 
 def warm_start_record(name: str, directory: str) -> dict:
@@ -934,7 +948,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
     elif tc.init_from:
         warm_start(net, tc.init_from, tc.init_model)
         state["init_from"] = warm_start_record(tc.init_model or cfg.name, tc.init_from)
-        heads = load_patch_heads(net, tc.init_from, tc.init_model or cfg.name)
+        heads = None if tc.patch_aux_weight <= 0 else \
+            load_patch_heads(net.patch_supervision, tc.init_from, tc.init_model or cfg.name)
         if heads:
             print(f"patch heads from {heads}")
     elif log_path.exists():
@@ -1029,17 +1044,9 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
               "command": "python -m msa_lab.train " + " ".join(argv if argv is not None else sys.argv[1:]),
               "torch": torch.__version__, "runs": state["runs"], "answer_format": tc.answer_format}
     if state.get("init_from"):
-        prev = state["init_from"]
-        record["warm_started_from"] = prev
-        # the card reports the whole training: this run plus the one it started from
-        record["total_steps"] = state["step"] + (prev.get("steps") or 0)
-        record["total_tokens"] = state["tokens"] + (prev.get("tokens") or 0)
-        record["total_seconds"] = round(state["seconds"] + (prev.get("seconds") or 0), 1)
-        chain = prev.get("chain") or []  # warm_start_record always writes one; resumed older states may not
-        record["chain"] = chain + [{"run": f"{len(chain) + 1} {tc.tasks} at {tc.seq_start:,}-{tc.seq_end:,} tokens "
-                                           f"({dev_name})", "steps": state["step"], "tokens": state["tokens"],
-                                    "seconds": round(state["seconds"], 1)}]
-        record["chain_commands"] = prev.get("chain_commands", []) + [record["command"]]
+        n_before = len(state["init_from"].get("chain") or [])
+        chain_onto(record, state["init_from"], f"{n_before + 1} {tc.tasks} at {tc.seq_start:,}-{tc.seq_end:,} tokens "
+                                               f"({dev_name})")
     net.eval()
     if getattr(net, "patch_supervision", None) is not None:
         save_patch_heads(net.patch_supervision, tc.out_dir, cfg.name)  # beside the checkpoint, for a run that goes on

@@ -39,9 +39,9 @@ import torch
 from .model.checkpoint import REPO_ROOT, save_checkpoint
 from .model.net import MSATransformer
 from .model.vision import prepare_image
-from .train import (IMAGE_QA_KIND_TASKS, PATCH_HEADS, TRAIN_SEED_MIN, PatchSupervision,
-                    TrainConfig, build_model_config, load_patch_heads, parse_tasks, patch_classes, patch_labels,
-                    save_patch_heads, warm_start, warm_start_record)
+from .train import (IMAGE_QA_KIND_TASKS, PATCH_HEADS, TRAIN_SEED_MIN, PatchSupervision, TaskSource, TrainConfig,
+                    build_model_config, chain_onto, load_patch_heads, lr_at, parse_tasks, patch_classes,
+                    patch_labels, save_patch_heads, warm_start, warm_start_record)
 
 VISION_TASKS = ("gui", "image_qa") + IMAGE_QA_KIND_TASKS
 DEFAULT_TASKS = "gui:2,image_qa:1,image_qa_word:1"
@@ -80,37 +80,31 @@ class VisionConfig:
     progress: bool = True
 
 
+def _tensors(examples: List[dict], cfg) -> tuple:
+    """-> (pixels uint8 [n, 3, S, S], labels int64 [n, P, heads]) of one-picture examples."""
+    return (torch.stack([prepare_image(ex["images"][0], cfg.image_size).pixels for ex in examples]),
+            torch.stack([patch_labels(ex, cfg) for ex in examples]))
+
+
 def draw_pictures(cfg, tasks: Dict[str, float], seed: int, n: int) -> tuple:
     """n pictures of the task mix, deterministic in seed -> (pixels uint8 [n, 3, S, S], labels int64 [n, P, heads])."""
-    from .tasks import iter_task
-
     rng = random.Random(f"msa-lab/vision/{seed}")
     names = list(tasks)
     counts = Counter(rng.choices(names, weights=[tasks[k] for k in names], k=n))
+    source = TaskSource(tasks)
     examples: List[dict] = []
     for name in names:
         if counts[name]:
-            opts = {"kinds": (name.removeprefix("image_qa_"),)} if name in IMAGE_QA_KIND_TASKS else {}
-            task = "image_qa" if name in IMAGE_QA_KIND_TASKS else name
-            examples += list(iter_task(task, counts[name], rng.randrange(TRAIN_SEED_MIN, 2**31), **opts))
-    pixels = torch.stack([prepare_image(ex["images"][0], cfg.image_size).pixels for ex in examples])
-    labels = torch.stack([patch_labels(ex, cfg) for ex in examples])
-    return pixels, labels
+            examples += source.examples(name, counts[name], rng.randrange(TRAIN_SEED_MIN, 2**31), seq_len=0)
+    return _tensors(examples, cfg)
 
 
 def held_out(cfg, tasks: Dict[str, float], n: int, seed: int) -> Dict[str, tuple]:
     """{task: (pixels, labels)} of n pictures each from eval seed `seed` (< TRAIN_SEED_MIN: never trained on)."""
     if seed >= TRAIN_SEED_MIN:
         raise ValueError(f"--eval-seed {seed} is in the training seed range (>= {TRAIN_SEED_MIN}); use a smaller one.")
-    from .tasks import iter_task
-
-    out = {}
-    for name in tasks:
-        opts = {"kinds": (name.removeprefix("image_qa_"),)} if name in IMAGE_QA_KIND_TASKS else {}
-        exs = list(iter_task("image_qa" if name in IMAGE_QA_KIND_TASKS else name, n, seed, **opts))
-        out[name] = (torch.stack([prepare_image(ex["images"][0], cfg.image_size).pixels for ex in exs]),
-                     torch.stack([patch_labels(ex, cfg) for ex in exs]))
-    return out
+    source = TaskSource(tasks)
+    return {name: _tensors(source.examples(name, n, seed, seq_len=0), cfg) for name in tasks}
 
 
 class Pictures(torch.utils.data.IterableDataset):
@@ -181,7 +175,7 @@ def evaluate(net: MSATransformer, heads: PatchSupervision, data: Dict[str, tuple
         for i in range(0, len(pixels), batch):
             hidden = encoder_states(net, pixels[i:i + batch].to(device)).float()
             for h, head in heads.heads.items():
-                logits[h].append(head.float()(hidden).view(-1, net.cfg.patches_per_image, head.out_features).cpu())
+                logits[h].append(head(hidden).view(-1, net.cfg.patches_per_image, head.out_features).cpu())
         r: dict = {}
         for j, h in enumerate(PATCH_HEADS):
             lab, lg = labels[..., j], torch.cat(logits[h])
@@ -201,12 +195,6 @@ def evaluate(net: MSATransformer, heads: PatchSupervision, data: Dict[str, tuple
                 r[h]["read_by_kind"] = {kinds[g]: round(ok / n, 4) for g, (ok, n) in by.items() if g >= 0}
         out[task] = r
     return out
-
-
-def lr_at(step: int, p: float, vc: VisionConfig) -> float:
-    if step < vc.warmup_steps:
-        return vc.lr * (step + 1) / vc.warmup_steps
-    return vc.lr * (vc.min_lr_frac + (1 - vc.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
 def summary(ev: dict) -> str:
@@ -240,11 +228,9 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
         warm_start(net, vc.init_from)
         prev = warm_start_record(cfg.name, vc.init_from)
     heads = PatchSupervision(cfg.d_model)
-    net.patch_supervision = heads  # load_patch_heads looks for them there; removed before the save
-    loaded = load_patch_heads(net, vc.init_from) if vc.init_from else None
+    loaded = load_patch_heads(heads, vc.init_from, cfg.name) if vc.init_from else None
     if loaded:
         print(f"patch heads from {loaded}")
-    del net.patch_supervision
     for name, p in net.named_parameters():
         p.requires_grad_(name.startswith(TRAINED))
     trained = [p for p in net.parameters() if p.requires_grad] + list(heads.parameters())
@@ -285,7 +271,7 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
             t0 = time.perf_counter()
             pixels, labels = next(loader)
             p = step / vc.max_steps if vc.max_steps else elapsed / budget
-            lr = lr_at(step, p, vc)
+            lr = lr_at(step, p, vc)  # msa_lab.train's warmup and cosine, on this config's lr fields
             for g in opt.param_groups:
                 g["lr"] = lr
             with amp:
@@ -323,19 +309,12 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
     print(f"final ({step} steps, {pictures:,} pictures, {seconds:.0f} s): {summary(final)}", flush=True)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     command = "python -m msa_lab.vision_pretrain " + " ".join(argv if argv is not None else sys.argv[1:])
-    run_rec = {"run": f"vision pre-training ({vc.tasks}; {pictures:,} pictures; {dev_name})", "steps": step,
-               "tokens": 0, "seconds": round(seconds, 1)}
     record = {"steps": step, "seconds": round(seconds, 1), "tokens": 0, "device": dev_name, "command": command,
               "torch": torch.__version__, "vision_pretrain": {"pictures": pictures, "tasks": vc.tasks,
                                                               "eval_seed": vc.eval_seed, "held_out": final},
               "log": str(log_path)}
     if prev:
-        record["warm_started_from"] = prev
-        record["total_steps"] = step + (prev.get("steps") or 0)
-        record["total_tokens"] = prev.get("tokens") or 0
-        record["total_seconds"] = round(seconds + (prev.get("seconds") or 0), 1)
-        record["chain"] = (prev.get("chain") or []) + [run_rec]
-        record["chain_commands"] = (prev.get("chain_commands") or []) + [command]
+        chain_onto(record, prev, f"vision pre-training ({vc.tasks}; {pictures:,} pictures; {dev_name})")
     save_checkpoint(net, out_dir, train=record)
     save_patch_heads(heads, out_dir, cfg.name)
     result = {"steps": step, "pictures": pictures, "seconds": round(seconds, 1), "device": dev_name,

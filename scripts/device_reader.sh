@@ -9,20 +9,14 @@
 #   V_INIT=.ck_reader/run1/f bash scripts/device_reader.sh         (carry [".ck_reader/run1/f"]): both stages again,
 #       from the first call's full model (its patch heads beside it)
 #   PART=2 INIT=.ck_reader/f bash scripts/device_reader.sh         (carry [".ck_reader/f"]): the full stage goes on
-set -u
-export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD MSA_LAB_AUTOTUNE=0
-export OMP_NUM_THREADS=4
-OUT=${OUT:-/tmp/out}
-W=/tmp/rd
-mkdir -p "$OUT" $W
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+W=/tmp/rd OMP_NUM_THREADS=4
+source scripts/device_reader_env.sh
 V_MIN=${V_MIN:-2.6}
 F_MIN=${F_MIN:-4.4}
 INIT=${INIT:-$W/v}
 if [ "${PART:-1}" = 1 ]; then
-  python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} --image-size 256 --patch-size 16 --patch-stem 32 \
-    --pointer-dim 64 --minutes "$V_MIN" --batch ${V_BATCH:-256} --lr ${V_LR:-1e-3} --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:1} \
+  python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} $FRONT_END \
+    --minutes "$V_MIN" --batch ${V_BATCH:-256} --lr ${V_LR:-1e-3} --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:1} \
     --no-progress --out-dir $W/v > $W/v.stdout 2>&1 || { tail -n 30 $W/v.stdout; exit 1; }
   grep -E "^(step|final)" $W/v.stdout
   cp $W/v/msa-tiny.safetensors "$OUT/v.msa-tiny.safetensors"

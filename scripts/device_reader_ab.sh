@@ -4,18 +4,12 @@
 # each: the balanced loss (the default) and the plain one (--plain-loss). Their held-out figures (eval seed 4242)
 # are printed every minute; the balanced run's weights come back as $OUT/vb.msa-tiny.safetensors.
 #   V_INIT=.ck_reader/run1/f bash scripts/device_reader_ab.sh      (carry [".ck_reader/run1/f"])
-set -u
-export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD MSA_LAB_AUTOTUNE=0
-export OMP_NUM_THREADS=2
-OUT=${OUT:-/tmp/out}
-W=/tmp/rab
-mkdir -p "$OUT" $W
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+W=/tmp/rab OMP_NUM_THREADS=2
+source scripts/device_reader_env.sh
 for run in vb vp; do
   extra=""; [ $run = vp ] && extra="--plain-loss"
-  python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} --image-size 256 --patch-size 16 \
-    --patch-stem 32 --pointer-dim 64 --minutes ${V_MIN:-4.0} --workers 7 --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:2} \
+  python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} $FRONT_END \
+    --minutes ${V_MIN:-4.0} --workers 7 --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:2} \
     $extra --no-progress --out-dir $W/$run > $W/$run.stdout 2>&1 &
 done
 wait

@@ -30,12 +30,12 @@ def main() -> None:
     for d in a.dirs:
         net, _ = load_checkpoint(a.model, Path(d), device="cpu")
         net.float().eval()
-        net.patch_supervision = PatchSupervision(net.cfg.d_model)
-        if not load_patch_heads(net, d, a.model):
+        heads = PatchSupervision(net.cfg.d_model)
+        if not load_patch_heads(heads, d, a.model):
             raise SystemExit(f"{d}: no {a.model}.patch_heads.safetensors beside the checkpoint; the heads are what "
                              f"read the encoder's states (train with --patch-aux-weight or msa_lab.vision_pretrain).")
         with torch.no_grad():
-            ev = evaluate(net, net.patch_supervision, held_out(net.cfg, parse_tasks(a.tasks), a.n, a.seed), "cpu")
+            ev = evaluate(net, heads, held_out(net.cfg, parse_tasks(a.tasks), a.n, a.seed), "cpu")
         res[d] = {"sha256": net_sha(d, a.model), "held_out": ev}
         print(f"{d}: {summary(ev)}")
         by = ev.get("gui", {}).get("gui_label", {}).get("read_by_kind")

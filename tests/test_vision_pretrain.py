@@ -101,13 +101,12 @@ def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, c
     assert T.main(["--smoke", "--no-progress", "--steps", "1", "--init-from", str(out), "--out-dir",
                    str(tmp_path / "f"), "--log-dir", str(tmp_path / "flog"), "--patch-aux-weight", "1"]) == 0
     assert "patch heads from" in capsys.readouterr().out
-    net = MSATransformer(after.cfg)
-    net.patch_supervision = T.PatchSupervision(after.cfg.d_model)
-    assert T.load_patch_heads(net, str(out)) == T.patch_heads_path(out, "smoke-msa")
+    heads = T.PatchSupervision(after.cfg.d_model)
+    assert T.load_patch_heads(heads, str(out), "smoke-msa") == T.patch_heads_path(out, "smoke-msa")
     from safetensors.torch import load_file
 
     saved = load_file(str(T.patch_heads_path(out, "smoke-msa")))
-    assert all(torch.equal(v, saved[k]) for k, v in net.patch_supervision.state_dict().items())
+    assert all(torch.equal(v, saved[k]) for k, v in heads.state_dict().items())
     assert T.build_model_config(T.TrainConfig(smoke=True, init_from=str(tmp_path / "f"))).patch_size == 16
     # the trainer writes its heads beside its checkpoint, and a further vision stage starts from them
     assert T.patch_heads_path(tmp_path / "f", "smoke-msa").is_file()

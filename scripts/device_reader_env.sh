@@ -1,0 +1,11 @@
+# Sourced by scripts/device_reader.sh and scripts/device_reader_ab.sh (set W and OMP_NUM_THREADS first): the
+# environment, the work and output folders, the card and versions, and the front end both scripts pre-train.
+set -u
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD MSA_LAB_AUTOTUNE=0
+export OMP_NUM_THREADS
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" "$W"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+# 256 px in 16 px patches with a conv stem, and the GUI pointer (see data/train/probes/reader-2026-12-07)
+FRONT_END="--image-size 256 --patch-size 16 --patch-stem 32 --pointer-dim 64"
