@@ -129,6 +129,9 @@ class TrainConfig:
     data_workers: Optional[int] = None
     # weight of the per-patch supervision of image tasks (see PatchSupervision; 0 = off, the earlier runs)
     patch_aux_weight: float = 0.0
+    # PatchSupervision.loss(balanced=...): things and background weigh the same per head, as in vision pre-training
+    # (False: one mean over all patches, every run before the thirteenth session)
+    patch_balanced: bool = False
     # "index": train only the index branch's projections (wiq, wik) by its KL; the main branch, whose dense
     # attention mass is the KL's target, stays as it is (None = train everything)
     train_only: Optional[str] = None
@@ -543,7 +546,7 @@ def compute_loss(net: MSATransformer, batch: Batch, positions: torch.Tensor, mod
     if supervise:
         # on the vision encoder's output where there is one, else on the LM's last state at the patch tokens
         rows = states["keys"] if encoder is not None else states["query"][ids == IMG_PATCH]
-        patch = net.patch_supervision.loss(rows, batch.patch_labels.to(device))
+        patch = net.patch_supervision.loss(rows, batch.patch_labels.to(device), balanced=tc.patch_balanced)
         out["loss"] = out["loss"] + tc.patch_aux_weight * patch
         out["patch_loss"] = patch.detach()
     if point:
@@ -1052,6 +1055,8 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
         save_patch_heads(net.patch_supervision, tc.out_dir, cfg.name)  # beside the checkpoint, for a run that goes on
         del net.patch_supervision
         record["patch_aux_weight"] = tc.patch_aux_weight
+        if tc.patch_balanced:
+            record["patch_balanced"] = True
     if tc.train_only:
         record["train_only"] = tc.train_only
     if tc.pointer_weight > 0:
@@ -1116,6 +1121,8 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
                     help="processes drawing batches ahead (default: 0 on a CPU, up to 8 on a GPU; 0 = one thread)")
     ap.add_argument("--patch-aux-weight", type=float, default=d.patch_aux_weight,
                     help="weight of the per-patch labels of image tasks (training-only heads; 0 = off)")
+    ap.add_argument("--patch-balanced", action="store_true",
+                    help="per-patch loss: things and background weigh the same per head (as msa_lab.vision_pretrain)")
     ap.add_argument("--train-only", default=None, choices=["index"],
                     help="index: train only the index branch (wiq, wik) by its KL toward the main branch's block mass")
     ap.add_argument("--concentration-weight", type=float, default=d.concentration_weight,

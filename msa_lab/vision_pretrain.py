@@ -26,8 +26,10 @@ import argparse
 import dataclasses
 import json
 import math
+import queue
 import random
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -68,6 +70,13 @@ class VisionConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     balanced: bool = True  # PatchSupervision.loss(balanced=...): things and background weigh the same per head
+    # most gradient steps per drawn batch: the fresh batch, then, while the next one is still being drawn, up to
+    # replay - 1 batches picked at random from a pool of replay_batches recent ones (kept on the device; a random
+    # one leaves when a new one comes). Why: on an H100 a step takes a fraction of the time 14 processes need to
+    # draw a batch, so without replay the GPU mostly waits. Replay never delays a fresh batch. (1 = off, every run
+    # before the thirteenth session)
+    replay: int = 1
+    replay_batches: int = 32
     tasks: str = DEFAULT_TASKS
     workers: Optional[int] = None  # picture-drawing processes (None: 0 on a CPU, up to 14 on a GPU)
     seed: int = 0
@@ -124,6 +133,45 @@ class Pictures(torch.utils.data.IterableDataset):
             step_seed = random.Random(f"msa-lab/vision/{self.seed}/{step}").randrange(2**31)
             yield draw_pictures(self.cfg, self.tasks, step_seed, self.batch)
             step += w
+
+
+class _Feeder:
+    """Takes batches from the loader in a thread, so the trainer can see whether the next one is ready (replay)."""
+
+    def __init__(self, loader, ahead: int = 2):
+        self.queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self.error: Optional[BaseException] = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(loader,), daemon=True)
+        self.thread.start()
+
+    def _run(self, loader) -> None:
+        try:
+            while not self.done.is_set():
+                item = next(loader)
+                while not self.done.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        pass
+        except BaseException as e:  # re-raised in the trainer's thread by get()
+            self.error = e
+            self.done.set()
+
+    def empty(self) -> bool:
+        return self.queue.empty()
+
+    def get(self):
+        while True:
+            try:
+                return self.queue.get(timeout=0.5)
+            except queue.Empty:
+                if self.error is not None:
+                    raise RuntimeError(f"drawing pictures failed: {self.error!r}") from self.error
+
+    def stop(self) -> None:
+        self.done.set()
 
 
 def patchify_batch(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -239,6 +287,7 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
     loader = iter(torch.utils.data.DataLoader(Pictures(cfg, tasks, vc.seed, vc.batch), batch_size=None,
                                               num_workers=workers, pin_memory=device.type == "cuda",
                                               prefetch_factor=4 if workers else None, persistent_workers=False))
+    feeder = _Feeder(loader)
     data = held_out(cfg, tasks, vc.eval_n, vc.eval_seed)
     net.to(device)
     heads.to(device)
@@ -254,6 +303,8 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
     budget = vc.minutes * 60.0
     t_start = time.perf_counter()
     last_eval, step, seconds, pictures, step_time = t_start, 0, 0.0, 0, 0.0
+    recent: List[tuple] = []  # replay: the last replay_batches drawn batches, on the device
+    replay_rng, updates = random.Random(f"msa-lab/vision-replay/{vc.seed}"), 0
     bar = None
     if vc.progress:
         from tqdm.auto import tqdm
@@ -269,25 +320,35 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
             if vc.max_steps is None and elapsed + 1.5 * step_time + 10 > budget:
                 break  # keep time for the last eval and the save
             t0 = time.perf_counter()
-            pixels, labels = next(loader)
+            pixels, labels = feeder.get()
             p = step / vc.max_steps if vc.max_steps else elapsed / budget
             lr = lr_at(step, p, vc)  # msa_lab.train's warmup and cosine, on this config's lr fields
             for g in opt.param_groups:
                 g["lr"] = lr
-            with amp:
-                hidden = encoder_states(net, pixels.to(device, non_blocking=True))
-                loss = heads.loss(hidden, labels.to(device, non_blocking=True).view(-1, len(PATCH_HEADS)),
-                                  balanced=vc.balanced)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(trained, vc.grad_clip)
-            opt.step()
+            fresh = (pixels.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+            if vc.replay > 1:
+                if len(recent) == vc.replay_batches:
+                    recent.pop(replay_rng.randrange(len(recent)))
+                recent.append(fresh)
+            k = 0
+            while k == 0 or (k < vc.replay and feeder.empty()):
+                px, lab = fresh if k == 0 else recent[replay_rng.randrange(len(recent))]
+                with amp:
+                    loss = heads.loss(encoder_states(net, px), lab.view(-1, len(PATCH_HEADS)), balanced=vc.balanced)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = torch.nn.utils.clip_grad_norm_(trained, vc.grad_clip)
+                opt.step()
+                if k == 0:
+                    fresh_loss = loss.item()  # the log's loss: on pictures not yet trained on
+                k += 1
+            updates += k
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             step_time = time.perf_counter() - t0
             step, seconds, pictures = step + 1, seconds + step_time, pictures + len(pixels)
-            rec = {"step": step, "seconds": round(seconds, 3), "loss": round(loss.item(), 4), "lr": lr,
-                   "grad_norm": round(float(gnorm), 4), "pictures_per_s": round(len(pixels) / step_time, 1)}
+            rec = {"step": step, "updates": updates, "seconds": round(seconds, 3), "loss": round(fresh_loss, 4),
+                   "lr": lr, "grad_norm": round(float(gnorm), 4), "pictures_per_s": round(len(pixels) / step_time, 1)}
             if not math.isfinite(rec["loss"]):
                 raise FloatingPointError(f"vision pre-training loss became {rec['loss']} at step {step}; lower --lr.")
             if time.perf_counter() - last_eval > vc.eval_every * 60:
@@ -295,29 +356,33 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
                 rec["held_out"] = evaluate(net, heads, data, device)
                 net.train()
                 evals.append(rec["held_out"])
-                print(f"step {step} ({seconds:.0f} s, {pictures:,} pictures): loss {rec['loss']:.3f}; "
+                print(f"step {step} ({seconds:.0f} s, {pictures:,} pictures, {updates} updates): loss {rec['loss']:.3f}; "
                       f"{summary(rec['held_out'])}", flush=True)
                 last_eval = time.perf_counter()
             logf.write(json.dumps(rec) + "\n")
             if bar is not None:
                 bar.update(1 if vc.max_steps else max(0, int(time.perf_counter() - t_start) - bar.n))
                 bar.set_postfix(loss=f"{rec['loss']:.3f}")
+    feeder.stop()
     if bar is not None:
         bar.close()
     net.eval()
     final = evaluate(net, heads, data, device)
-    print(f"final ({step} steps, {pictures:,} pictures, {seconds:.0f} s): {summary(final)}", flush=True)
+    print(f"final ({step} steps, {updates} updates, {pictures:,} pictures, {seconds:.0f} s): {summary(final)}",
+          flush=True)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     command = "python -m msa_lab.vision_pretrain " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {"steps": step, "seconds": round(seconds, 1), "tokens": 0, "device": dev_name, "command": command,
-              "torch": torch.__version__, "vision_pretrain": {"pictures": pictures, "tasks": vc.tasks,
+              "torch": torch.__version__, "vision_pretrain": {"pictures": pictures, "updates": updates,
+                                                              "replay": vc.replay, "tasks": vc.tasks,
                                                               "eval_seed": vc.eval_seed, "held_out": final},
               "log": str(log_path)}
     if prev:
         chain_onto(record, prev, f"vision pre-training ({vc.tasks}; {pictures:,} pictures; {dev_name})")
     save_checkpoint(net, out_dir, train=record)
     save_patch_heads(heads, out_dir, cfg.name)
-    result = {"steps": step, "pictures": pictures, "seconds": round(seconds, 1), "device": dev_name,
+    result = {"steps": step, "updates": updates, "replay": vc.replay, "pictures": pictures,
+              "seconds": round(seconds, 1), "device": dev_name,
               "config": net.cfg.to_dict(), "held_out": final, "evals": evals, "eval_seed": vc.eval_seed,
               "classes": {h: len(patch_classes()[h]) for h in PATCH_HEADS}}
     (out_dir / "vision_eval.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -341,6 +406,10 @@ def parse_args(argv: Optional[List[str]] = None) -> VisionConfig:
     ap.add_argument("--tasks", default=d.tasks, help="name:weight,... of " + ", ".join(VISION_TASKS))
     ap.add_argument("--plain-loss", dest="balanced", action="store_false",
                     help="one mean over all patches per head (default: things and background weigh the same)")
+    ap.add_argument("--replay", type=int, default=d.replay,
+                    help="gradient steps per drawn batch: the fresh one, then replay - 1 recent ones at random (1 = off)")
+    ap.add_argument("--replay-batches", type=int, default=d.replay_batches,
+                    help="how many recent batches --replay picks from (kept on the device)")
     ap.add_argument("--workers", type=int, default=None, help="drawing processes (default: 0 on a CPU, 14 on a GPU)")
     ap.add_argument("--seed", type=int, default=d.seed)
     ap.add_argument("--eval-n", type=int, default=d.eval_n, help="held-out pictures per task")
@@ -351,7 +420,7 @@ def parse_args(argv: Optional[List[str]] = None) -> VisionConfig:
     ap.add_argument("--smoke", action="store_true", help="tiny CPU config (a few steps; for tests)")
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     vc = VisionConfig(**vars(ap.parse_args(argv)))
-    for f in ("batch", "eval_n"):
+    for f in ("batch", "eval_n", "replay", "replay_batches"):
         if getattr(vc, f) <= 0:
             raise SystemExit(f"--{f.replace('_', '-')} must be > 0, got {getattr(vc, f)}")
     if vc.workers is not None and vc.workers < 0:

@@ -9,6 +9,8 @@
 #   V_INIT=.ck_reader/run1/f bash scripts/device_reader.sh         (carry [".ck_reader/run1/f"]): both stages again,
 #       from the first call's full model (its patch heads beside it)
 #   PART=2 INIT=.ck_reader/f bash scripts/device_reader.sh         (carry [".ck_reader/f"]): the full stage goes on
+# Thirteenth session: V_REPLAY=4 (vision stage replays recent batches while the next is drawn), F_BAL=1 (the full
+# stage's per-patch loss balanced as the vision stage's), F_TASKS (the full stage's mix).
 W=/tmp/rd OMP_NUM_THREADS=4
 source scripts/device_reader_env.sh
 V_MIN=${V_MIN:-2.6}
@@ -16,13 +18,14 @@ F_MIN=${F_MIN:-4.4}
 INIT=${INIT:-$W/v}
 if [ "${PART:-1}" = 1 ]; then
   python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} $FRONT_END \
-    --minutes "$V_MIN" --batch ${V_BATCH:-256} --lr ${V_LR:-1e-3} --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:1} \
+    --minutes "$V_MIN" --batch ${V_BATCH:-256} --lr ${V_LR:-1e-3} --replay ${V_REPLAY:-1} --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:1} \
     --no-progress --out-dir $W/v > $W/v.stdout 2>&1 || { tail -n 30 $W/v.stdout; exit 1; }
   grep -E "^(step|final)" $W/v.stdout
   cp $W/v/msa-tiny.safetensors "$OUT/v.msa-tiny.safetensors"
 fi
 E="--seq-start 2048 --seq-end 8192 --lr ${LR:-4e-4} --warmup-steps 20 --pose-prob 0.3 --dense-warmup 0"
 E="$E --max-examples 512 --data-workers 14 --patch-aux-weight 1.0 --concentration-weight 3 --pointer-weight 1"
+[ "${F_BAL:-0}" = 1 ] && E="$E --patch-balanced"
 MIX="niah_single:0.5,niah_multi_query:0.3,niah_multi_key:0.2,variable_tracking:0.2,copy:0.3"
 MIX=${F_TASKS:-$MIX,image_qa:1.5,image_qa_count:0.5,image_qa_word:0.5,gui:4}
 python -m msa_lab.train --model msa-tiny --minutes "$F_MIN" --no-progress --out-dir $W/f --log-dir $W/f/logs \

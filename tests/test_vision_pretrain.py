@@ -99,8 +99,10 @@ def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, c
     # the LM trainer goes on from it, with the stage's patch heads
     capsys.readouterr()
     assert T.main(["--smoke", "--no-progress", "--steps", "1", "--init-from", str(out), "--out-dir",
-                   str(tmp_path / "f"), "--log-dir", str(tmp_path / "flog"), "--patch-aux-weight", "1"]) == 0
+                   str(tmp_path / "f"), "--log-dir", str(tmp_path / "flog"), "--patch-aux-weight", "1",
+                   "--patch-balanced"]) == 0
     assert "patch heads from" in capsys.readouterr().out
+    assert json.loads((tmp_path / "f" / "smoke-msa.json").read_text())["train"]["patch_balanced"] is True
     heads = T.PatchSupervision(after.cfg.d_model)
     assert T.load_patch_heads(heads, str(out), "smoke-msa") == T.patch_heads_path(out, "smoke-msa")
     from safetensors.torch import load_file
@@ -111,9 +113,16 @@ def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, c
     # the trainer writes its heads beside its checkpoint, and a further vision stage starts from them
     assert T.patch_heads_path(tmp_path / "f", "smoke-msa").is_file()
     capsys.readouterr()
-    assert V.main(["--smoke", "--no-progress", "--init-from", str(tmp_path / "f"), "--out-dir", str(tmp_path / "v2"),
-                   "--max-steps", "1", "--eval-every", "100"]) == 0
+    v2 = tmp_path / "v2"
+    assert V.main(["--smoke", "--no-progress", "--init-from", str(tmp_path / "f"), "--out-dir", str(v2),
+                   "--max-steps", "2", "--eval-every", "100", "--replay", "3", "--replay-batches", "2"]) == 0
     assert "patch heads from" in capsys.readouterr().out
+    # replay: one to three updates per drawn batch (more while the next is not drawn yet), pictures counted once
+    log = [json.loads(line) for line in (v2 / "vision_log.jsonl").read_text().splitlines()]
+    steps_per_batch = [b["updates"] - a["updates"] for a, b in zip([{"updates": 0}] + log, log)]
+    assert len(log) == 2 and all(1 <= n <= 3 for n in steps_per_batch)
+    ev2 = json.loads((v2 / "vision_eval.json").read_text())
+    assert (ev2["steps"], ev2["updates"], ev2["replay"], ev2["pictures"]) == (2, log[-1]["updates"], 3, 2 * 8)
 
 
 def test_refusals(tmp_path):
@@ -125,6 +134,8 @@ def test_refusals(tmp_path):
         V.run(V.parse_args(["--smoke", "--vision-layers", "0", "--out-dir", str(tmp_path)]))
     with pytest.raises(SystemExit, match="--batch"):
         V.parse_args(["--batch", "0"])
+    with pytest.raises(SystemExit, match="--replay must be > 0"):
+        V.parse_args(["--replay", "0"])
 
 
 def test_cli_delegates(capsys):
@@ -171,3 +182,19 @@ def test_reader_eval_script(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["reader_eval.py", str(ck), "--model", "smoke-msa"])
     with pytest.raises(SystemExit, match="no smoke-msa.patch_heads.safetensors"):
         mod.main()
+
+
+def test_replay_fills_the_wait_for_the_next_batch(tmp_path, monkeypatch):
+    # next batch never ready: every drawn batch gets the full `replay` updates, from a pool of at most 2 batches
+    monkeypatch.setattr(V._Feeder, "empty", lambda self: True)
+    out = tmp_path / "v"
+    assert V.main(["--smoke", "--no-progress", "--out-dir", str(out), "--max-steps", "3", "--eval-every", "100",
+                   "--replay", "4", "--replay-batches", "2"]) == 0
+    log = [json.loads(line) for line in (out / "vision_log.jsonl").read_text().splitlines()]
+    assert [r["updates"] for r in log] == [4, 8, 12]
+    # next batch always ready: replay never delays it
+    monkeypatch.setattr(V._Feeder, "empty", lambda self: False)
+    assert V.main(["--smoke", "--no-progress", "--out-dir", str(out), "--max-steps", "3", "--eval-every", "100",
+                   "--replay", "4"]) == 0
+    log = [json.loads(line) for line in (out / "vision_log.jsonl").read_text().splitlines()]
+    assert [r["updates"] for r in log] == [1, 2, 3]
