@@ -114,6 +114,7 @@ class TrainConfig:
     image_size: Optional[int] = None  # ModelConfig.image_size override (None: the warm start's, else the preset's)
     patch_size: Optional[int] = None  # ModelConfig.patch_size override (None: the warm start's, else the preset's)
     patch_stem: Optional[int] = None  # ModelConfig.patch_stem override (None: the warm start's, else the preset's)
+    stem_scope: Optional[str] = None  # ModelConfig.stem_scope override (None: the warm start's, else the preset's)
     vision_layers: Optional[int] = None  # ModelConfig.vision_layers (None: the warm start's, else the preset's)
     attention_sink: Optional[int] = None  # ModelConfig.attention_sink (None: the warm start's, else the preset's)
     pointer_dim: Optional[int] = None  # ModelConfig.pointer_dim (None: the warm start's, else the preset's)
@@ -662,6 +663,7 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
                 image_size=net.cfg.image_size, patch_size=net.cfg.patch_size,
                 length_scale_base=net.cfg.length_scale_base,  # no weight depends on it
+                stem_scope=net.cfg.stem_scope,  # the stem's weights are the same in either scope
                 **{f: getattr(net.cfg, f) for f in ADDED_PARTS})
     if src.cfg.replace(**same) != net.cfg:
         raise ValueError(f"--init-from {directory}: the {source} config there differs from this run's "
@@ -809,7 +811,8 @@ def _images_text(cfg: dict) -> str:
     enc = cfg.get("vision_layers") or 0
     stem, pointer = cfg.get("patch_stem") or 0, cfg.get("pointer_dim") or 0
     return (f"resized to {size}x{size} px, {patch}-px patches ({(size // patch) ** 2} tokens per image); "
-            + (f"a per-patch conv stem ({stem} channels); " if stem else "")
+            + (f"a conv stem ({stem} channels) over each "
+               f"{'whole picture' if cfg.get('stem_scope') == 'image' else 'patch'}; " if stem else "")
             + (f"vision encoder: {enc} bidirectional layers over each image" if enc else "no vision encoder")
             + (f"; a GUI pointer (width {pointer}) gives act() its point" if pointer else ""))
 
@@ -902,7 +905,8 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
         src.setdefault(f, 0)
     parts = {f: getattr(tc, f) if getattr(tc, f) is not None else src.get(f, getattr(cfg, f)) for f in ADDED_PARTS}
     return cfg.replace(image_size=tc.image_size or src.get("image_size", cfg.image_size),
-                       patch_size=tc.patch_size or src.get("patch_size", cfg.patch_size), **parts)
+                       patch_size=tc.patch_size or src.get("patch_size", cfg.patch_size),
+                       stem_scope=tc.stem_scope or src.get("stem_scope", cfg.stem_scope), **parts)
 
 
 def resize_patch_pos(weight: torch.Tensor, patches: int) -> torch.Tensor:
@@ -1104,6 +1108,9 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
                          "start at another patch size starts the patch projection and stem fresh")
     ap.add_argument("--patch-stem", type=int, default=None, metavar="CHANNELS",
                     help="per-patch conv stem width (ModelConfig.patch_stem; default: the warm start's, 0 = off)")
+    ap.add_argument("--stem-scope", default=None, choices=["patch", "image"],
+                    help="where the stem convolves: each patch alone or the whole picture (ModelConfig.stem_scope; "
+                         "default: the warm start's)")
     ap.add_argument("--vision-layers", type=int, default=None, metavar="N",
                     help="bidirectional encoder layers over each image (ModelConfig.vision_layers; default: the warm "
                          "start's, 0 = off)")

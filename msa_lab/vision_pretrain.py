@@ -10,7 +10,7 @@ the GUI element and its label under each patch), so this stage trains only what 
 writes a normal checkpoint: the language model's weights are the warm start's, untouched.
 
     python -m msa_lab.vision_pretrain --init-from data/checkpoints --image-size 256 --patch-size 16 \\
-        --patch-stem 32 --pointer-dim 64 --minutes 3 --out-dir /tmp/v
+        --patch-stem 32 --stem-scope image --pointer-dim 64 --replay 4 --minutes 3 --out-dir /tmp/v
     python -m msa_lab.train --init-from /tmp/v --pointer-weight 1 --patch-aux-weight 1 ...
 
 Writes to --out-dir: <model>.safetensors + .json (the whole model), <model>.patch_heads.safetensors (the
@@ -59,6 +59,7 @@ class VisionConfig:
     image_size: Optional[int] = None  # ModelConfig overrides, as in msa_lab.train (None: the warm start's)
     patch_size: Optional[int] = None
     patch_stem: Optional[int] = None
+    stem_scope: Optional[str] = None
     vision_layers: Optional[int] = None
     pointer_dim: Optional[int] = None
     minutes: float = 3.0
@@ -266,7 +267,8 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
     if bad:
         raise ValueError(f"--tasks {bad}: vision pre-training draws only pictures; use {', '.join(VISION_TASKS)}.")
     tc = TrainConfig(model=vc.model, init_from=vc.init_from, smoke=vc.smoke, **{
-        f: getattr(vc, f) for f in ("image_size", "patch_size", "patch_stem", "vision_layers", "pointer_dim")})
+        f: getattr(vc, f) for f in ("image_size", "patch_size", "patch_stem", "stem_scope", "vision_layers",
+                                    "pointer_dim")})
     cfg = build_model_config(tc)
     if not cfg.vision_layers:
         raise ValueError(f"{cfg.name} has no vision encoder; pass --vision-layers 2 (or warm-start from a model with one).")
@@ -398,6 +400,8 @@ def parse_args(argv: Optional[List[str]] = None) -> VisionConfig:
                     ("vision_layers", "N"), ("pointer_dim", "WIDTH")):
         ap.add_argument("--" + f.replace("_", "-"), type=int, default=None, metavar=meta,
                         help=f"ModelConfig.{f} (default: the warm start's), as in msa_lab.train")
+    ap.add_argument("--stem-scope", default=None, choices=["patch", "image"],
+                    help="ModelConfig.stem_scope (default: the warm start's), as in msa_lab.train")
     ap.add_argument("--minutes", type=float, default=d.minutes)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--batch", type=int, default=d.batch, help="pictures per step")

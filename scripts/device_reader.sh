@@ -9,25 +9,30 @@
 #   V_INIT=.ck_reader/run1/f bash scripts/device_reader.sh         (carry [".ck_reader/run1/f"]): both stages again,
 #       from the first call's full model (its patch heads beside it)
 #   PART=2 INIT=.ck_reader/f bash scripts/device_reader.sh         (carry [".ck_reader/f"]): the full stage goes on
-# Thirteenth session: V_REPLAY=4 (vision stage replays recent batches while the next is drawn), F_BAL=1 (the full
-# stage's per-patch loss balanced as the vision stage's), F_TASKS (the full stage's mix).
+# Thirteenth session (CPU probes, data/train/probes/stem-2026-12-07): the vision stage learns per update, not per
+# picture, so it now takes batches of 64 (V_BATCH) and up to 4 updates per drawn batch (V_REPLAY: recent batches
+# replayed while the next is drawn), and its stem convolves whole pictures (STEM_SCOPE, scripts/device_reader_env.sh).
+# F_BAL=1 (default): the full stage's per-patch loss balanced as the vision stage's; its mix weighs counting and
+# words 1 (was 0.5). Defaults fill one 600 s call (3.4 + 5.0 min of training); EVAL_S=0 skips the in-call eval (run
+# python scripts/quick_eval.py --device cpu --checkpoint-dir DIR --models msa-tiny --lengths 4096 --n 1
+# --n-vision 100 --vision-seed 0 on the returned weights, ~4 min, no device time).
 W=/tmp/rd OMP_NUM_THREADS=4
 source scripts/device_reader_env.sh
-V_MIN=${V_MIN:-2.6}
-F_MIN=${F_MIN:-4.4}
+V_MIN=${V_MIN:-3.4}
+F_MIN=${F_MIN:-5.0}
 INIT=${INIT:-$W/v}
 if [ "${PART:-1}" = 1 ]; then
   python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} $FRONT_END \
-    --minutes "$V_MIN" --batch ${V_BATCH:-256} --lr ${V_LR:-1e-3} --replay ${V_REPLAY:-1} --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:1} \
+    --minutes "$V_MIN" --batch ${V_BATCH:-64} --lr ${V_LR:-1e-3} --replay ${V_REPLAY:-4} --tasks ${V_TASKS:-gui:2,image_qa:1,image_qa_word:2} \
     --no-progress --out-dir $W/v > $W/v.stdout 2>&1 || { tail -n 30 $W/v.stdout; exit 1; }
   grep -E "^(step|final)" $W/v.stdout
   cp $W/v/msa-tiny.safetensors "$OUT/v.msa-tiny.safetensors"
 fi
 E="--seq-start 2048 --seq-end 8192 --lr ${LR:-4e-4} --warmup-steps 20 --pose-prob 0.3 --dense-warmup 0"
 E="$E --max-examples 512 --data-workers 14 --patch-aux-weight 1.0 --concentration-weight 3 --pointer-weight 1"
-[ "${F_BAL:-0}" = 1 ] && E="$E --patch-balanced"
+[ "${F_BAL:-1}" = 1 ] && E="$E --patch-balanced"
 MIX="niah_single:0.5,niah_multi_query:0.3,niah_multi_key:0.2,variable_tracking:0.2,copy:0.3"
-MIX=${F_TASKS:-$MIX,image_qa:1.5,image_qa_count:0.5,image_qa_word:0.5,gui:4}
+MIX=${F_TASKS:-$MIX,image_qa:1.5,image_qa_count:1,image_qa_word:1,gui:4}
 python -m msa_lab.train --model msa-tiny --minutes "$F_MIN" --no-progress --out-dir $W/f --log-dir $W/f/logs \
   --init-from "$INIT" $E --tasks "$MIX" > $W/f.stdout 2>&1 || { tail -n 30 $W/f.stdout; exit 1; }
 tail -n 2 $W/f.stdout
@@ -48,7 +53,7 @@ for i in range(0, len(rows), q):
           + (f" | pointer acc {sum(pa) / len(pa):.2f} patch loss (gui) {sum(pl) / len(pl):.2f}" if pa else ""))
 PY
 cp $W/f/msa-tiny.safetensors "$OUT/f.msa-tiny.safetensors"
-[ "${EVAL_S:-75}" -gt 0 ] && timeout ${EVAL_S:-75} python scripts/quick_eval.py --checkpoint-dir $W/f --models msa-tiny --out $W/f/quick_eval.json \
+[ "${EVAL_S:-0}" -gt 0 ] && timeout ${EVAL_S:-0} python scripts/quick_eval.py --checkpoint-dir $W/f --models msa-tiny --out $W/f/quick_eval.json \
   --lengths 4096 --n 1 --n-vision ${N_VISION:-100} --vision-seed 0 > $W/eval.txt 2>&1
 tail -n 2 $W/eval.txt
 tar czf "$OUT/reader.tgz" -C $W --exclude 'msa-tiny.safetensors' --exclude '*.pt' .

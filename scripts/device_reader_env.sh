@@ -7,5 +7,6 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" "$W"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-# 256 px in 16 px patches with a conv stem, and the GUI pointer (see data/train/probes/reader-2026-12-07)
-FRONT_END="--image-size 256 --patch-size 16 --patch-stem 32 --pointer-dim 64"
+# 256 px in 16 px patches with a conv stem, and the GUI pointer (see data/train/probes/reader-2026-12-07); the stem
+# convolves whole pictures unless STEM_SCOPE=patch (data/train/probes/stem-2026-12-07)
+FRONT_END="--image-size 256 --patch-size 16 --patch-stem 32 --pointer-dim 64 --stem-scope ${STEM_SCOPE:-image}"

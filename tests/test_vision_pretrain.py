@@ -115,8 +115,11 @@ def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, c
     capsys.readouterr()
     v2 = tmp_path / "v2"
     assert V.main(["--smoke", "--no-progress", "--init-from", str(tmp_path / "f"), "--out-dir", str(v2),
-                   "--max-steps", "2", "--eval-every", "100", "--replay", "3", "--replay-batches", "2"]) == 0
+                   "--max-steps", "2", "--eval-every", "100", "--replay", "3", "--replay-batches", "2",
+                   "--stem-scope", "image"]) == 0
     assert "patch heads from" in capsys.readouterr().out
+    # the stem moved to whole pictures with the per-patch stem's weights as its start
+    assert load_checkpoint("smoke-msa", v2)[0].cfg.stem_scope == "image"
     # replay: one to three updates per drawn batch (more while the next is not drawn yet), pictures counted once
     log = [json.loads(line) for line in (v2 / "vision_log.jsonl").read_text().splitlines()]
     steps_per_batch = [b["updates"] - a["updates"] for a, b in zip([{"updates": 0}] + log, log)]
@@ -198,3 +201,30 @@ def test_replay_fills_the_wait_for_the_next_batch(tmp_path, monkeypatch):
                    "--replay", "4"]) == 0
     log = [json.loads(line) for line in (out / "vision_log.jsonl").read_text().splitlines()]
     assert [r["updates"] for r in log] == [1, 2, 3]
+
+
+def test_stem_probe_script(tmp_path, monkeypatch):
+    import importlib.util
+    import os
+    import sys
+
+    from safetensors.torch import load_file
+
+    path = os.path.join(os.path.dirname(__file__), "..", "scripts", "stem_probe.py")
+    spec = importlib.util.spec_from_file_location("stem_probe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for stem in ("patch", "image"):
+        out, saved = tmp_path / f"{stem}.jsonl", tmp_path / f"{stem}.safetensors"
+        monkeypatch.setattr(sys, "argv", ["stem_probe.py", "--stem", stem, "--minutes", "0.03", "--batch", "4",
+                                          "--eval-n", "4", "--width", "32", "--image-size", "32", "--patch-size", "8",
+                                          "--stem-channels", "4", "--replay", "2", "--out", str(out),
+                                          "--save", str(saved)])
+        assert mod.main() == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert len(rows) == 2 and rows[0]["pictures"] == 0 and rows[-1]["step"] >= 1
+        assert rows[-1]["updates"] == 2 * rows[-1]["step"] and rows[-1]["pictures"] == 4 * rows[-1]["step"]
+        assert 0 <= rows[-1]["held_out"]["image_qa_word"]["word"]["read_acc"] <= 1
+        weights = load_file(str(saved))
+        assert "patch_stem.conv1.weight" in weights and "heads.heads.word.weight" in weights
+        assert not any(k.startswith(("layers.", "embed.")) for k in weights)  # the front end and heads only

@@ -20,6 +20,7 @@ from typing import Optional
 from ..config import TINY, MSAConfig
 
 ATTENTION_KINDS = ("msa", "dense")
+STEM_SCOPES = ("patch", "image")
 DENSE_200K_LIMIT = 204_800
 
 
@@ -64,6 +65,11 @@ class ModelConfig:
     # give a ViT those local features directly ("Early Convolutions Help Transformers See Better", Xiao et
     # al. 2021). Its output layer starts at zero, so a warm start computes what the checkpoint did.
     patch_stem: int = 0
+    # where the stem's convolutions run (with patch_stem > 0): "patch" = each patch alone, zero-padded at its
+    # borders (the checkpoints shipped before it); "image" = over the whole picture, then cut into the same
+    # per-patch cells, so a glyph or an edge split by a patch border is seen whole by both patches. Same weights
+    # and shapes either way. Why: data/train/probes/stem-2026-12-07
+    stem_scope: str = "patch"
     # bidirectional transformer layers over each image's patches before the LM (0 = off, the checkpoints
     # shipped before it); n_heads heads, SwiGLU of 2 * d_model. Why: msa_lab.model.vision_encoder
     vision_layers: int = 0
@@ -125,6 +131,11 @@ class ModelConfig:
         if self.pointer_dim and not self.vision_layers:
             raise ValueError("ModelConfig.pointer_dim needs vision_layers >= 1: the pointer matches the instruction "
                              "against the vision encoder's patch states.")
+        if self.stem_scope not in STEM_SCOPES:
+            raise ValueError(f"ModelConfig.stem_scope={self.stem_scope!r} must be one of {STEM_SCOPES}.")
+        if self.stem_scope != "patch" and not self.patch_stem:
+            raise ValueError(f"ModelConfig.stem_scope={self.stem_scope!r} needs a stem: set patch_stem (channels, "
+                             f"e.g. 32) or leave stem_scope='patch'.")
         if self.patch_stem and self.patch_size % 4:
             raise ValueError(f"ModelConfig.patch_stem needs patch_size divisible by 4 (two stride-2 convolutions), "
                              f"got patch_size={self.patch_size}; use patch_size 8 or 16, or patch_stem=0.")

@@ -22,7 +22,8 @@ Positions — the route chosen to reach 1M tokens after training on a few thousa
   msa_lab.eval.position_probe measures answer accuracy against simulated needle distance.
 
 Images: each IMG_PATCH token's embedding is patch_proj(pixels) + patch_pos(slot in the image), plus
-patch_stem(pixels) where ModelConfig.patch_stem > 0 (see config.py for why), then, where
+patch_stem(pixels) where ModelConfig.patch_stem > 0 (per patch, or over the whole picture with
+ModelConfig.stem_scope = "image"; see config.py for why), then, where
 ModelConfig.vision_layers > 0, a bidirectional encoder over each whole image (vision_encoder.py).
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .config import ModelConfig
 from .layers import Block, RMSNorm, TokenConv, rope_tables
 from .pointer import PatchPointer, point_in_image
 from .tokens import IMG_PATCH
-from .vision_encoder import VisionEncoder
+from .vision_encoder import VisionEncoder, image_spans
 
 
 class PatchStem(nn.Module):
@@ -73,6 +74,35 @@ class PatchStem(nn.Module):
         return self.out(x.flatten(1))
 
 
+class ImageStem(PatchStem):
+    """PatchStem's convolutions over each whole picture: patch rows float [P, 3 * p * p] plus their slots
+    int64 [P] -> [P, d_model]. The rows of each image (msa_lab.model.vision_encoder.image_spans) are put back on
+    the image's grid, convolved as one picture, and each patch takes its own (p / 4)^2 cells of the last
+    feature map, so a patch token also sees the pixels just past its borders (receptive field 9 px).
+    A truncated image's missing patches are zero (mid-grey). Same parameters as PatchStem, so either loads
+    the other's weights (ModelConfig.stem_scope)."""
+
+    def __init__(self, image_size: int, patch_size: int, channels: int, d_model: int):
+        super().__init__(patch_size, channels, d_model)
+        self.g = image_size // patch_size
+
+    def forward(self, patches: torch.Tensor, patch_slot: torch.Tensor) -> torch.Tensor:
+        g, p, q = self.g, self.p, self.p // 4
+        spans = image_spans(patch_slot)
+        image_of = torch.repeat_interleave(torch.arange(len(spans), device=patches.device),
+                                           torch.tensor([e - s for s, e in spans], device=patches.device))
+        cell = image_of * (g * g) + patch_slot  # row -> (image, slot) on a grid of whole images
+        grid = patches.new_zeros(len(spans) * g * g, patches.shape[1])
+        grid[cell] = patches
+        x = grid.view(-1, g, g, 3, p, p).permute(0, 3, 1, 4, 2, 5).reshape(-1, 3, g * p, g * p)
+        x = F.gelu(self.conv1(x))
+        x = F.gelu(self.conv2(x))
+        x = F.gelu(self.conv3(x))  # [I, 2C, g * q, g * q]
+        c = x.shape[1]
+        x = x.view(-1, c, g, q, g, q).permute(0, 2, 4, 1, 3, 5).reshape(-1, c * q * q)  # PatchStem's flatten order
+        return self.out(x[cell])
+
+
 class MSATransformer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -80,7 +110,9 @@ class MSATransformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.patch_proj = nn.Linear(cfg.patch_dim, cfg.d_model)
         self.patch_pos = nn.Embedding(cfg.patches_per_image, cfg.d_model)
-        self.patch_stem = PatchStem(cfg.patch_size, cfg.patch_stem, cfg.d_model) if cfg.patch_stem else None
+        self.patch_stem = None if not cfg.patch_stem else \
+            ImageStem(cfg.image_size, cfg.patch_size, cfg.patch_stem, cfg.d_model) if cfg.stem_scope == "image" else \
+            PatchStem(cfg.patch_size, cfg.patch_stem, cfg.d_model)
         self.vision = VisionEncoder(cfg.d_model, cfg.vision_layers, cfg.n_heads, 2 * cfg.d_model, cfg.norm_eps) \
             if cfg.vision_layers else None
         self.pointer = PatchPointer(cfg.d_model, cfg.pointer_dim) if cfg.pointer_dim else None
@@ -151,7 +183,9 @@ class MSATransformer(nn.Module):
         dtype = dtype or self.embed.weight.dtype
         px = patches.to(dtype)
         pe = self.patch_proj(px) + self.patch_pos(patch_slot)
-        if self.patch_stem is not None:
+        if isinstance(self.patch_stem, ImageStem):
+            pe = pe + self.patch_stem(px, patch_slot)
+        elif self.patch_stem is not None:
             pe = pe + self.patch_stem(px)
         if self.vision is None:
             return pe, pe

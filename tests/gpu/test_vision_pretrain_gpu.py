@@ -23,12 +23,15 @@ def test_stage_runs_on_the_gpu_with_drawing_processes(tmp_path):
     out = tmp_path / "v"
     assert V.main(["--smoke", "--device", "cuda", "--workers", "2", "--max-steps", "6", "--batch", "8",
                    "--no-progress", "--init-from", str(tmp_path / "ck"), "--out-dir", str(out),
-                   "--image-size", "32", "--patch-size", "16", "--patch-stem", "4"]) == 0
+                   "--image-size", "32", "--patch-size", "16", "--patch-stem", "4", "--stem-scope", "image",
+                   "--replay", "3"]) == 0
     ev = json.loads((out / "vision_eval.json").read_text())
     assert ev["steps"] == 6 and ev["pictures"] == 48 and "NVIDIA" in ev["device"]
     log = [json.loads(line) for line in (out / "vision_log.jsonl").read_text().splitlines()]
     assert len(log) == 6 and all(r["loss"] > 0 for r in log)
+    assert 6 <= log[-1]["updates"] <= 18  # replay: 1 to 3 updates per drawn batch
     before, after = load_checkpoint("smoke-msa", tmp_path / "ck")[0], load_checkpoint("smoke-msa", out)[0]
+    assert after.cfg.stem_scope == "image"
     assert torch.equal(before.state_dict()["embed.weight"], after.state_dict()["embed.weight"])
     assert not torch.equal(before.state_dict()["vision.blocks.0.wqkv.weight"],
                            after.state_dict()["vision.blocks.0.wqkv.weight"])

@@ -393,6 +393,53 @@ def test_patch_stem_warm_start_keeps_the_loss_and_then_the_stem(tmp_path):
                 "--steps", "1", "--init-from", str(tmp_path / "stem" / "ck"), "--patch-stem", "16"])
 
 
+def test_image_stem_convolves_whole_pictures():
+    """stem_scope="image": the stem's convolutions over the picture rebuilt from its patch rows equal a plain
+    conv over the image; a one-patch picture gives PatchStem's output; several images and a truncated one are
+    each handled on their own grid; and the scope moves by warm start (same weights)."""
+    import torch.nn.functional as F
+
+    from msa_lab.model.net import ImageStem, MSATransformer, PatchStem
+    from msa_lab.vision_pretrain import patchify_batch
+
+    torch.manual_seed(0)
+    stem = ImageStem(32, 16, 4, 8)
+    torch.nn.init.normal_(stem.out.weight)
+    imgs = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    px, slot = patchify_batch(imgs, 16), torch.arange(4).repeat(2)
+    got = stem(px, slot)
+    x = imgs.float().div(127.5).sub(1.0)
+    fm = F.gelu(stem.conv3(F.gelu(stem.conv2(F.gelu(stem.conv1(x))))))  # [2, 8, 8, 8]
+    for i in range(2):
+        for s in range(4):
+            r, c = divmod(s, 2)
+            want = stem.out(fm[i, :, 4 * r:4 * r + 4, 4 * c:4 * c + 4].flatten())
+            torch.testing.assert_close(got[4 * i + s], want, rtol=1e-5, atol=1e-5)
+    # a patch on its own grid is PatchStem's case
+    one = ImageStem(16, 16, 4, 8)
+    one.load_state_dict(stem.state_dict())
+    patch = PatchStem(16, 4, 8)
+    patch.load_state_dict(stem.state_dict())
+    p1 = patchify_batch(imgs[:, :, :16, :16], 16)
+    torch.testing.assert_close(one(p1, torch.zeros(2, dtype=torch.long)), patch(p1), rtol=1e-5, atol=1e-5)
+    # the second image's truncated tail (slots 0, 1): its own grid, missing patches mid-grey (zero)
+    part = torch.cat([px, px[4:6]])
+    out = stem(part, torch.cat([slot, torch.arange(2)]))
+    torch.testing.assert_close(out[:8], got)
+    grey = px[4:8].clone()
+    grey[2:] = 0
+    torch.testing.assert_close(out[8:], stem(grey, torch.arange(4))[:2])
+    # through the model, and the scope is a config choice on the same weights
+    cfg = small_config("msa", image_size=32, patch_size=16, patch_stem=4, vision_layers=1)
+    a, b = MSATransformer(cfg), MSATransformer(cfg.replace(stem_scope="image"))
+    assert isinstance(b.patch_stem, ImageStem) and not isinstance(a.patch_stem, ImageStem)
+    b.load_state_dict(a.state_dict())
+    assert b.encode_patches(px, slot)[0].shape == (8, cfg.d_model)
+    for bad, match in [(dict(stem_scope="pixel"), "stem_scope"), (dict(patch_stem=0, stem_scope="image"), "needs a stem")]:
+        with pytest.raises(ValueError, match=match):
+            cfg.replace(**bad)
+
+
 def test_image_qa_kind_tasks_and_training_seeds():
     """image_qa_<kind> draws only that kind; training's task seeds never reach the evals' small seeds."""
     src = T.TaskSource(T.parse_tasks("image_qa_word:1,image_qa_count:1"))
@@ -570,3 +617,5 @@ def test_card_names_the_image_front_end():
     assert plain.startswith("resized to 64x64 px, 8-px patches (64 tokens per image)") and "stem" not in plain
     full = _images_text({"image_size": 256, "patch_size": 16, "vision_layers": 2, "patch_stem": 32, "pointer_dim": 64})
     assert "256 tokens per image" in full and "conv stem (32 channels)" in full and "GUI pointer (width 64)" in full
+    assert "over each patch" in full
+    assert "over each whole picture" in _images_text({"patch_stem": 32, "stem_scope": "image"})
