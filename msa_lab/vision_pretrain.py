@@ -305,7 +305,7 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
     budget = vc.minutes * 60.0
     t_start = time.perf_counter()
     last_eval, step, seconds, pictures, step_time = t_start, 0, 0.0, 0, 0.0
-    recent: List[tuple] = []  # replay: the last replay_batches drawn batches, on the device
+    recent: List[tuple] = []  # replay: a pool of up to replay_batches recent batches, on the device
     replay_rng, updates = random.Random(f"msa-lab/vision-replay/{vc.seed}"), 0
     bar = None
     if vc.progress:
@@ -343,6 +343,8 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
                 opt.step()
                 if k == 0:
                     fresh_loss = loss.item()  # the log's loss: on pictures not yet trained on
+                elif device.type == "cuda":  # so that feeder.empty() is asked when this update is done, not queued
+                    torch.cuda.synchronize(device)
                 k += 1
             updates += k
             if device.type == "cuda":
