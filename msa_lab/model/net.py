@@ -86,9 +86,10 @@ class ImageStem(PatchStem):
         super().__init__(patch_size, channels, d_model)
         self.g = image_size // patch_size
 
-    def forward(self, patches: torch.Tensor, patch_slot: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, patch_slot: torch.Tensor, spans: Optional[list] = None) -> torch.Tensor:
+        """spans: image_spans(patch_slot), where the caller has it already (it costs a device-to-host copy)."""
         g, p, q = self.g, self.p, self.p // 4
-        spans = image_spans(patch_slot)
+        spans = image_spans(patch_slot) if spans is None else spans
         image_of = torch.repeat_interleave(torch.arange(len(spans), device=patches.device),
                                            torch.tensor([e - s for s, e in spans], device=patches.device))
         cell = image_of * (g * g) + patch_slot  # row -> (image, slot) on a grid of whole images
@@ -183,13 +184,15 @@ class MSATransformer(nn.Module):
         dtype = dtype or self.embed.weight.dtype
         px = patches.to(dtype)
         pe = self.patch_proj(px) + self.patch_pos(patch_slot)
+        spans = None
         if isinstance(self.patch_stem, ImageStem):
-            pe = pe + self.patch_stem(px, patch_slot)
+            spans = image_spans(patch_slot)  # once, for the stem and the encoder
+            pe = pe + self.patch_stem(px, patch_slot, spans)
         elif self.patch_stem is not None:
             pe = pe + self.patch_stem(px)
         if self.vision is None:
             return pe, pe
-        return self.vision(pe, patch_slot)
+        return self.vision(pe, patch_slot, spans)
 
     def embed_inputs(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,
                      patch_slot: Optional[torch.Tensor] = None, patch_embeds: Optional[torch.Tensor] = None

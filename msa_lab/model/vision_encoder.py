@@ -80,8 +80,9 @@ class VisionEncoder(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def forward(self, pe: torch.Tensor, patch_slot: torch.Tensor):
-        spans = image_spans(patch_slot)
+    def forward(self, pe: torch.Tensor, patch_slot: torch.Tensor, spans: Optional[List[tuple]] = None):
+        """spans: image_spans(patch_slot), where the caller has it already (it costs a device-to-host copy)."""
+        spans = image_spans(patch_slot) if spans is None else spans
         hidden: Optional[torch.Tensor]
         sizes = {e - s for s, e in spans}
         if len(sizes) == 1:  # the common case: whole images of one size -> one batched call
