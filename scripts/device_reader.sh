@@ -40,6 +40,8 @@ python - $W/f/logs/msa-tiny/log.jsonl <<'PY'
 import json, sys
 from collections import defaultdict
 rows = [json.loads(l) for l in open(sys.argv[1])]
+if not rows:
+    sys.exit("no training steps were logged")
 print(f"steps {len(rows)} tokens {sum(r['tokens'] for r in rows):,} seconds {rows[-1]['seconds']:.0f}")
 q = max(1, len(rows) // 4)
 for i in range(0, len(rows), q):
@@ -56,5 +58,5 @@ cp $W/f/msa-tiny.safetensors "$OUT/f.msa-tiny.safetensors"
 [ "${EVAL_S:-0}" -gt 0 ] && timeout ${EVAL_S:-0} python scripts/quick_eval.py --checkpoint-dir $W/f --models msa-tiny --out $W/f/quick_eval.json \
   --lengths 4096 --n 1 --n-vision ${N_VISION:-100} --vision-seed 0 > $W/eval.txt 2>&1
 tail -n 2 $W/eval.txt
-tar czf "$OUT/reader.tgz" -C $W --exclude 'msa-tiny.safetensors' --exclude '*.pt' .
+tar czf "$OUT/reader.tgz" -C $W --exclude 'msa-tiny.safetensors' --exclude 'resume.safetensors' --exclude '*.pt' .
 ls -la "$OUT"

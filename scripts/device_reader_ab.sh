@@ -15,5 +15,5 @@ done
 wait
 for run in vb vp; do echo "== $run"; grep -E "^(step|final|patch heads)" $W/$run.stdout || tail -n 20 $W/$run.stdout; done
 cp $W/vb/msa-tiny.safetensors "$OUT/vb.msa-tiny.safetensors"
-tar czf "$OUT/reader_ab.tgz" -C $W --exclude 'msa-tiny.safetensors' .
+tar czf "$OUT/reader_ab.tgz" -C $W --exclude 'msa-tiny.safetensors' --exclude 'resume.safetensors' .
 ls -la "$OUT"
