@@ -95,7 +95,7 @@ def test_stage_trains_the_front_end_only_and_warm_starts_the_trainer(tmp_path, c
     assert ev["held_out"]["gui"]["gui_label"]["read_n"] > 0
     assert set(ev["held_out"]["gui"]["gui_label"]["read_by_kind"]) <= set(T.patch_classes()["gui"]) | {"none"}
     card = json.loads((out / "smoke-msa.json").read_text())["train"]
-    assert card["chain"][-1]["run"].startswith("vision pre-training")
+    assert card["chain"][-1]["run"].startswith(f"{len(card['chain'])} vision pre-training, no text")
     # the LM trainer goes on from it, with the stage's patch heads
     capsys.readouterr()
     assert T.main(["--smoke", "--no-progress", "--steps", "1", "--init-from", str(out), "--out-dir",
