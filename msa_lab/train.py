@@ -734,13 +734,14 @@ def load_patch_heads(heads: "PatchSupervision", directory: str, name: str) -> Op
 
 def chain_onto(record: dict, prev: dict, run: str) -> dict:
     """Add to a run's card record (steps, tokens, seconds, command) the warm start's: totals, and the chain of every
-    run so far with this one last under the name `run`. The card reports the whole training, not the last run."""
+    run so far with this one last, named `run` after its number in the chain. The card reports the whole training,
+    not the last run."""
     record["warm_started_from"] = prev
     record["total_steps"] = record["steps"] + (prev.get("steps") or 0)
     record["total_tokens"] = record["tokens"] + (prev.get("tokens") or 0)
     record["total_seconds"] = round(record["seconds"] + (prev.get("seconds") or 0), 1)
     chain = prev.get("chain") or []  # warm_start_record always writes one; resumed older states may not
-    record["chain"] = chain + [{"run": run, "steps": record["steps"], "tokens": record["tokens"],
+    record["chain"] = chain + [{"run": f"{len(chain) + 1} {run}", "steps": record["steps"], "tokens": record["tokens"],
                                 "seconds": record["seconds"]}]
     record["chain_commands"] = (prev.get("chain_commands") or []) + [record["command"]]
     return record
@@ -1051,9 +1052,7 @@ def train(tc: TrainConfig, argv: Optional[List[str]] = None) -> dict:
               "command": "python -m msa_lab.train " + " ".join(argv if argv is not None else sys.argv[1:]),
               "torch": torch.__version__, "runs": state["runs"], "answer_format": tc.answer_format}
     if state.get("init_from"):
-        n_before = len(state["init_from"].get("chain") or [])
-        chain_onto(record, state["init_from"], f"{n_before + 1} {tc.tasks} at {tc.seq_start:,}-{tc.seq_end:,} tokens "
-                                               f"({dev_name})")
+        chain_onto(record, state["init_from"], f"{tc.tasks} at {tc.seq_start:,}-{tc.seq_end:,} tokens ({dev_name})")
     net.eval()
     if getattr(net, "patch_supervision", None) is not None:
         save_patch_heads(net.patch_supervision, tc.out_dir, cfg.name)  # beside the checkpoint, for a run that goes on

@@ -382,9 +382,7 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
                                                               "eval_seed": vc.eval_seed, "held_out": final},
               "log": str(log_path)}
     if prev:
-        # numbered like msa_lab.train's runs, so that the card's chain reads 1, 2, ... without a gap
-        n_before = len(prev.get("chain") or [])
-        chain_onto(record, prev, f"{n_before + 1} vision pre-training, no text ({vc.tasks}; {pictures:,} pictures, "
+        chain_onto(record, prev, f"vision pre-training, no text ({vc.tasks}; {pictures:,} pictures, "
                                  f"{updates:,} updates; {dev_name})")
     save_checkpoint(net, out_dir, train=record)
     save_patch_heads(heads, out_dir, cfg.name)
