@@ -8,8 +8,9 @@
 set -u
 : "${INIT:?name the candidate folder, e.g. INIT=.ck_r1/f}"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+W=/tmp/rd  # device_reader.sh's work folder
 PART=2 F_MIN=${F_MIN:-3.0} LR=${LR:-2e-4} bash scripts/device_reader.sh > "$OUT/train.txt" 2>&1
 tail -n 9 "$OUT/train.txt"
-[ -f /tmp/rd/f/msa-tiny.safetensors ] || { echo "the full stage wrote no weights"; exit 1; }
-cp /tmp/rd/f/msa-tiny.safetensors /tmp/rd/f/msa-tiny.json data/checkpoints/
+[ -f $W/f/msa-tiny.safetensors ] || { echo "the full stage wrote no weights"; exit 1; }
+cp $W/f/msa-tiny.safetensors $W/f/msa-tiny.json data/checkpoints/
 EVAL_MODELS=msa-tiny MIG_PARALLEL=1 NB_S=0 GPU_TESTS=0 EVAL_S=${EVAL_S:-270} MIG_S=${MIG_S:-120} bash scripts/device_ship.sh
