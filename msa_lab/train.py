@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from .model.checkpoint import REPO_ROOT, save_checkpoint
 from .model.config import ModelConfig, model_config, small_config
-from .model.net import MSATransformer
+from .model.net import MSATransformer, upsample_conv1
 from .model.pointer import point_targets
 from .model.tokens import IMG_PATCH, PAD, encode_example
 from .model.vision import prepare_image
@@ -113,6 +113,7 @@ class TrainConfig:
     token_conv: Optional[int] = None  # ModelConfig.token_conv override (None: the preset's, 0 = off)
     image_size: Optional[int] = None  # ModelConfig.image_size override (None: the warm start's, else the preset's)
     patch_size: Optional[int] = None  # ModelConfig.patch_size override (None: the warm start's, else the preset's)
+    patch_pool: Optional[int] = None  # ModelConfig.patch_pool override (None: the warm start's, else the preset's)
     patch_stem: Optional[int] = None  # ModelConfig.patch_stem override (None: the warm start's, else the preset's)
     stem_scope: Optional[str] = None  # ModelConfig.stem_scope override (None: the warm start's, else the preset's)
     vision_layers: Optional[int] = None  # ModelConfig.vision_layers (None: the warm start's, else the preset's)
@@ -245,7 +246,7 @@ def model_answer(ex: dict, images, answer_format: str = "keyed") -> str:
 @dataclass
 class Batch:
     ids: torch.Tensor  # int64 [B, N]
-    patches: torch.Tensor  # float [P, patch_dim]
+    patches: torch.Tensor  # uint8 [P, patch_dim]: the pixels (the model scales them; a quarter of float32's bytes)
     patch_slot: torch.Tensor  # int64 [P]
     answer_mask: torch.Tensor  # bool [B, N], True on answer + EOS tokens
     prompt_len: int  # shortest prompt in the batch (PoSE jumps stay inside it)
@@ -280,7 +281,8 @@ def make_batch(examples: List[dict], cfg: ModelConfig, task: str, block: int, an
     point_xy = None
     if task == "gui" and all(ex["task"] == "gui" for ex in examples):  # one screen each; every target has a point
         point_xy = torch.tensor([[json.loads(t)["x"], json.loads(t)["y"]] for t in targets], dtype=torch.long)
-    return Batch(ids, torch.cat([e.patches for e in encs]), torch.cat([e.patch_slot for e in encs]), amask,
+    pixels = torch.cat([e.patches for e in encs]).add(1.0).mul(127.5).round().to(torch.uint8)  # exact: patchify's
+    return Batch(ids, pixels, torch.cat([e.patch_slot for e in encs]), amask,
                  prompt_len, task, torch.cat(rows) if rows else None, point_xy)
 
 
@@ -366,6 +368,18 @@ def patch_labels(ex: dict, cfg: ModelConfig) -> torch.Tensor:
                             ("gui_window", lambda e: 1 + cls["gui_window"].index(e["window"]))):
             table = np.array([0] + [value(e) for e in els])
             lab[:, col[head]] = table[top + 1]
+        # a field's "Label:" text lies left of its box, on no element: its patches read as the field's label and
+        # window (not its kind, so the pointer's target stays the box), so the encoder learns to read the text
+        # that the box's patches must then take their label from. Where the text is under the dialog, it is hidden.
+        d = meta.get("dialog")
+        hidden = (d[0] <= x) & (x < d[2]) & (d[1] <= y) & (y < d[3]) if d else np.zeros(g * g, dtype=bool)
+        for e in els:
+            b = e.get("label_box")
+            if b is None:
+                continue
+            on = (b[0] <= x) & (x < b[2]) & (b[1] <= y) & (y < b[3]) & (top < 0) & (~hidden | (e["window"] == "dialog"))
+            lab[on, col["gui_label"]] = 1 + cls["gui_label"].index(e["label"])
+            lab[on, col["gui_window"]] = 1 + cls["gui_window"].index(e["window"])
         lab[:, [col[k] for k in ("shape", "colour", "word", "centre")]] = -100
     out[0] = torch.from_numpy(lab)
     return out.view(-1, len(PATCH_HEADS))
@@ -661,7 +675,7 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     source = source or net.cfg.name
     src, _ = load_checkpoint(source, Path(directory), device="cpu")
     same = dict(name=net.cfg.name, attention=net.cfg.attention, max_context=net.cfg.max_context,
-                image_size=net.cfg.image_size, patch_size=net.cfg.patch_size,
+                image_size=net.cfg.image_size, patch_size=net.cfg.patch_size, patch_pool=net.cfg.patch_pool,
                 length_scale_base=net.cfg.length_scale_base,  # no weight depends on it
                 stem_scope=net.cfg.stem_scope,  # the stem's weights are the same in either scope
                 **{f: getattr(net.cfg, f) for f in ADDED_PARTS})
@@ -681,10 +695,16 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
              if net.cfg.sparse or not k.endswith(("wiq.weight", "wik.weight"))}  # dense-200k has no index branch
     if state["patch_pos.weight"].shape != own["patch_pos.weight"].shape:  # --image-size changed the patch grid
         state["patch_pos.weight"] = resize_patch_pos(state["patch_pos.weight"], net.cfg.patches_per_image)
-    new_patch = src.cfg.patch_size != net.cfg.patch_size
+    a, b = src.cfg.patch_pool, net.cfg.patch_pool
+    # the same pooled patch (e.g. 16 px, or 32 px pooled by 2): patch_proj and the stem keep their weights, the
+    # stem's first kernel spread over the larger picture's pixels (upsample_conv1)
+    pooled_same = src.cfg.patch_size // a == net.cfg.patch_size // b and b % a == 0
+    new_patch = not pooled_same
     if new_patch:  # another patch size: the pixels-to-embedding map has another shape and starts fresh
         for k in [k for k in state if k.startswith(("patch_proj.", "patch_stem."))]:
             del state[k]
+    elif b != a and "patch_stem.conv1.weight" in state:
+        state["patch_stem.conv1.weight"] = upsample_conv1(state["patch_stem.conv1.weight"], b // a)
     for k, v in state.items():  # TokenConv paths: q, k, v, then (msa only) iq, ik; missing paths keep their init
         if k.endswith("token_conv.weight") and v.shape != own[k].shape:
             n = min(v.shape[0], own[k].shape[0])
@@ -809,9 +829,10 @@ def _runs_text(tr: dict) -> str:
 
 def _images_text(cfg: dict) -> str:
     size, patch = cfg.get("image_size", 64), cfg.get("patch_size", 8)
-    enc = cfg.get("vision_layers") or 0
+    enc, pool = cfg.get("vision_layers") or 0, cfg.get("patch_pool") or 1
     stem, pointer = cfg.get("patch_stem") or 0, cfg.get("pointer_dim") or 0
-    return (f"resized to {size}x{size} px, {patch}-px patches ({(size // patch) ** 2} tokens per image); "
+    return (f"resized to {size}x{size} px, {patch}-px patches ({(size // patch) ** 2} tokens per image"
+            + (f", projected from {patch // pool}-px average-pooled copies" if pool > 1 else "") + "); "
             + (f"a conv stem ({stem} channels) over each "
                f"{'whole picture' if cfg.get('stem_scope') == 'image' else 'patch'}; " if stem else "")
             + (f"vision encoder: {enc} bidirectional layers over each image" if enc else "no vision encoder")
@@ -907,6 +928,7 @@ def build_model_config(tc: TrainConfig) -> ModelConfig:
     parts = {f: getattr(tc, f) if getattr(tc, f) is not None else src.get(f, getattr(cfg, f)) for f in ADDED_PARTS}
     return cfg.replace(image_size=tc.image_size or src.get("image_size", cfg.image_size),
                        patch_size=tc.patch_size or src.get("patch_size", cfg.patch_size),
+                       patch_pool=tc.patch_pool or src.get("patch_pool", cfg.patch_pool),
                        stem_scope=tc.stem_scope or src.get("stem_scope", cfg.stem_scope), **parts)
 
 
@@ -1105,6 +1127,11 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainConfig:
     ap.add_argument("--patch-size", type=int, default=None, metavar="PIXELS",
                     help="patch side in pixels (ModelConfig.patch_size; default: the warm start's, else 8); a warm "
                          "start at another patch size starts the patch projection and stem fresh")
+    ap.add_argument("--patch-pool", type=int, default=None, metavar="FACTOR",
+                    help="patch_proj reads each patch average-pooled by FACTOR and the stem's first convolution "
+                         "strides by it (ModelConfig.patch_pool; default: the warm start's, else 1), e.g. "
+                         "--image-size 512 --patch-size 32 --patch-pool 2 from a 256-px, 16-px-patch checkpoint "
+                         "keeps its weights")
     ap.add_argument("--patch-stem", type=int, default=None, metavar="CHANNELS",
                     help="per-patch conv stem width (ModelConfig.patch_stem; default: the warm start's, 0 = off)")
     ap.add_argument("--stem-scope", default=None, choices=["patch", "image"],

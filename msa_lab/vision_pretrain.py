@@ -58,6 +58,7 @@ class VisionConfig:
     init_from: Optional[str] = None  # checkpoint directory to start from (the LM comes from it unchanged)
     image_size: Optional[int] = None  # ModelConfig overrides, as in msa_lab.train (None: the warm start's)
     patch_size: Optional[int] = None
+    patch_pool: Optional[int] = None
     patch_stem: Optional[int] = None
     stem_scope: Optional[str] = None
     vision_layers: Optional[int] = None
@@ -196,12 +197,16 @@ def read_accuracy(logits: torch.Tensor, labels: torch.Tensor, groups: Optional[t
     and each class c > 0 on it, whether the logits averaged over c's patches pick c.
 
     groups int64 [B, P] (e.g. the GUI element kind under each patch): also split the count by the group most of
-    c's patches carry -> (correct, total, {group: (correct, total)})."""
+    c's patches carry -> (correct, total, {group: (correct, total)}). With groups, only patches in a group (> 0)
+    count: a GUI label is read where its element is (the box the pointer must click), not at a field's "Label:"
+    text beside it, which patch_labels also labels."""
     correct = total = 0
     by: Dict[int, list] = {}
     for b, (lg, lab) in enumerate(zip(logits, labels)):
         for c in lab[lab > 0].unique().tolist():
-            m = lab == c
+            m = (lab == c) & (groups[b] > 0) if groups is not None else lab == c
+            if not bool(m.any()):
+                continue
             hit = int(lg[m].float().mean(0).argmax()) == c
             correct, total = correct + hit, total + 1
             if groups is not None:
@@ -267,8 +272,8 @@ def run(vc: VisionConfig, argv: Optional[List[str]] = None) -> dict:
     if bad:
         raise ValueError(f"--tasks {bad}: vision pre-training draws only pictures; use {', '.join(VISION_TASKS)}.")
     tc = TrainConfig(model=vc.model, init_from=vc.init_from, smoke=vc.smoke, **{
-        f: getattr(vc, f) for f in ("image_size", "patch_size", "patch_stem", "stem_scope", "vision_layers",
-                                    "pointer_dim")})
+        f: getattr(vc, f) for f in ("image_size", "patch_size", "patch_pool", "patch_stem", "stem_scope",
+                                    "vision_layers", "pointer_dim")})
     cfg = build_model_config(tc)
     if not cfg.vision_layers:
         raise ValueError(f"{cfg.name} has no vision encoder; pass --vision-layers 2 (or warm-start from a model with one).")
@@ -399,8 +404,8 @@ def parse_args(argv: Optional[List[str]] = None) -> VisionConfig:
     ap = argparse.ArgumentParser(prog="python -m msa_lab.vision_pretrain", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=d.model, choices=["msa-tiny", "dense-200k"])
     ap.add_argument("--init-from", default=None, metavar="DIR", help="checkpoint directory to start from")
-    for f, meta in (("image_size", "PIXELS"), ("patch_size", "PIXELS"), ("patch_stem", "CHANNELS"),
-                    ("vision_layers", "N"), ("pointer_dim", "WIDTH")):
+    for f, meta in (("image_size", "PIXELS"), ("patch_size", "PIXELS"), ("patch_pool", "FACTOR"),
+                    ("patch_stem", "CHANNELS"), ("vision_layers", "N"), ("pointer_dim", "WIDTH")):
         ap.add_argument("--" + f.replace("_", "-"), type=int, default=None, metavar=meta,
                         help=f"ModelConfig.{f} (default: the warm start's), as in msa_lab.train")
     ap.add_argument("--stem-scope", default=None, choices=["patch", "image"],

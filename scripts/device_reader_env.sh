@@ -8,5 +8,8 @@ mkdir -p "$OUT" "$W"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 # 256 px in 16 px patches with a conv stem, and the GUI pointer (see data/train/probes/reader-2026-12-07); the stem
-# convolves whole pictures unless STEM_SCOPE=patch (data/train/probes/stem-2026-12-07)
-FRONT_END="--image-size 256 --patch-size 16 --patch-stem 32 --pointer-dim 64 --stem-scope ${STEM_SCOPE:-image}"
+# convolves whole pictures unless STEM_SCOPE=patch (data/train/probes/stem-2026-12-07). IMAGE_SIZE=512 PATCH_SIZE=32
+# PATCH_POOL=2: the same 256 tokens per picture read from twice the pixels (ModelConfig.patch_pool; a warm start
+# from the 256-px checkpoint computes what it did, data/train/probes/hires-2026-12-08)
+FRONT_END="--image-size ${IMAGE_SIZE:-256} --patch-size ${PATCH_SIZE:-16} --patch-pool ${PATCH_POOL:-1}"
+FRONT_END="$FRONT_END --patch-stem 32 --pointer-dim 64 --stem-scope ${STEM_SCOPE:-image}"

@@ -53,6 +53,11 @@ def test_read_accuracy_counts_each_thing_once_per_picture():
     # to the smaller group
     groups = torch.tensor([[0, 4, 4, 7], [4, 7, 7, 0]])
     assert V.read_accuracy(logits, labels, groups) == (2, 3, {4: (2, 2), 7: (0, 1)})
+    # with groups, a label is read on its element's patches only (group > 0), not on a field's "Label:" text
+    text = torch.zeros(1, 2, 4)
+    text[0, 0, 1], text[0, 1, 2] = 5.0, 2.0  # the text patch says 1, the box patch 2: their average says 1
+    assert V.read_accuracy(text, torch.tensor([[2, 2]])) == (0, 1)
+    assert V.read_accuracy(text, torch.tensor([[2, 2]]), torch.tensor([[0, 4]])) == (1, 1, {4: (1, 1)})
 
 
 def test_a_fixed_batch_is_learned_through_the_front_end():

@@ -70,6 +70,18 @@ class ModelConfig:
     # per-patch cells, so a glyph or an edge split by a patch border is seen whole by both patches. Same weights
     # and shapes either way. Why: data/train/probes/stem-2026-12-07
     stem_scope: str = "patch"
+    # pixels per patch side that patch_proj reads, as a divisor of patch_size (1 = every pixel, the checkpoints
+    # shipped before it): patch_proj reads each patch average-pooled by this factor, and the stem's first
+    # convolution strides by it (kernel 3 * patch_pool), so image_size can grow by the factor with the same tokens
+    # per image and the same parameter shapes beyond that one kernel. Why: a GUI screen of 400-800 px resized to
+    # 256 px draws its labels 3-5 px tall; the vision stage read 0.53 of them against 0.99 of the image-QA words
+    # (data/train/probes/reader-2026-12-08). At 512 px in 32-px patches with patch_pool 2, the stem sees labels
+    # twice as tall while the LM still gets 256 tokens per image. A plain 32-px patch_proj would add 590K weights
+    # (1.2 MB), past the 16 MB checkpoint limit. Needs patch_stem: without it the extra pixels are never read.
+    # Measured so far (data/train/probes/gui-reading-2026-12-08, CPU): a CNN reads labels cut from 256-px screens
+    # to 0.967 and from 512-px ones to 0.989 in the same steps, learning faster at 512; 250 updates of the shipped
+    # encoder's vision stage gained nothing from it (0.55 vs 0.56 labels read). No shipped model uses it yet.
+    patch_pool: int = 1
     # bidirectional transformer layers over each image's patches before the LM (0 = off, the checkpoints
     # shipped before it); n_heads heads, SwiGLU of 2 * d_model. Why: msa_lab.model.vision_encoder
     vision_layers: int = 0
@@ -139,6 +151,16 @@ class ModelConfig:
         if self.patch_stem and self.patch_size % 4:
             raise ValueError(f"ModelConfig.patch_stem needs patch_size divisible by 4 (two stride-2 convolutions), "
                              f"got patch_size={self.patch_size}; use patch_size 8 or 16, or patch_stem=0.")
+        if not isinstance(self.patch_pool, int) or isinstance(self.patch_pool, bool) or not 1 <= self.patch_pool <= 4:
+            raise ValueError(f"ModelConfig.patch_pool={self.patch_pool!r} must be an int in 1..4 (1 = no pooling).")
+        if self.patch_pool > 1 and not self.patch_stem:
+            raise ValueError(f"ModelConfig.patch_pool={self.patch_pool} needs a stem (patch_stem > 0): without one, "
+                             f"the pixels the pooling drops are never read; set patch_stem (e.g. 32) or patch_pool=1.")
+        if self.patch_pool > 1 and self.patch_size % (4 * self.patch_pool):
+            raise ValueError(f"ModelConfig.patch_pool={self.patch_pool} needs patch_size divisible by "
+                             f"{4 * self.patch_pool} (the stem's stride-{self.patch_pool} convolution, then two of "
+                             f"stride 2), got patch_size={self.patch_size}; e.g. image_size 512, patch_size 32, "
+                             f"patch_pool 2.")
         if self.vocab_size < 256 + 8:
             raise ValueError(f"ModelConfig.vocab_size={self.vocab_size} must be >= 264 (256 bytes + 8 specials).")
         if self.max_context is not None and (not isinstance(self.max_context, int) or self.max_context <= 0):
@@ -161,7 +183,13 @@ class ModelConfig:
 
     @property
     def patch_dim(self) -> int:
+        """Width of a patch row as the model takes it: every pixel of the patch, RGB."""
         return 3 * self.patch_size * self.patch_size
+
+    @property
+    def pooled_patch_dim(self) -> int:
+        """Width of what patch_proj reads: the patch average-pooled by patch_pool."""
+        return 3 * (self.patch_size // self.patch_pool) ** 2
 
     def msa_config(self) -> MSAConfig:
         """The MSAConfig of every attention layer (dense models use it only for block-level analysis)."""

@@ -43,19 +43,38 @@ from .tokens import IMG_PATCH
 from .vision_encoder import VisionEncoder, image_spans
 
 
+def pool_patches(rows: torch.Tensor, patch_size: int, pool: int) -> torch.Tensor:
+    """Patch rows float [P, 3 * p * p] (patchify's layout) -> [P, 3 * (p / pool)^2], each average-pooled over
+    pool x pool pixels: the rows a patch_size / pool patch of the image downscaled by pool would have."""
+    if pool == 1:
+        return rows
+    q = patch_size // pool
+    return rows.view(-1, 3, q, pool, q, pool).mean((3, 5)).reshape(-1, 3 * q * q)
+
+
+def upsample_conv1(weight: torch.Tensor, factor: int) -> torch.Tensor:
+    """The stem's first kernel [C, 3, k, k] -> [C, 3, k * factor, k * factor] for a picture `factor` times larger
+    in each axis (patch_pool times factor): each weight spread evenly over factor x factor pixels, so the new
+    convolution of a picture equals the old one of that picture average-pooled by factor. How a warm start
+    keeps what a checkpoint's stem computes when ModelConfig.patch_pool grows."""
+    return weight.repeat_interleave(factor, 2).repeat_interleave(factor, 3) / factor ** 2
+
+
 class PatchStem(nn.Module):
     """Per-patch CNN: float [P, 3 * p * p] -> [P, d_model]. conv3x3 (C) -> conv3x3/2 (2C) -> conv3x3/2 (2C) ->
     linear; GELU between. Each patch is convolved on its own (zero padding at its edges), so a patch token
-    still depends on its own pixels only and the token interface is unchanged."""
+    still depends on its own pixels only and the token interface is unchanged. With pool > 1
+    (ModelConfig.patch_pool) the first convolution has kernel 3 * pool and stride pool: a 3x3 convolution over
+    the picture downscaled by pool when its weights are constant over each pool x pool cell (upsample_conv1)."""
 
-    def __init__(self, patch_size: int, channels: int, d_model: int):
+    def __init__(self, patch_size: int, channels: int, d_model: int, pool: int = 1):
         super().__init__()
-        self.p = patch_size
+        self.p, self.pool = patch_size, pool
         c = channels
-        self.conv1 = nn.Conv2d(3, c, 3, padding=1)
+        self.conv1 = nn.Conv2d(3, c, 3 * pool, stride=pool, padding=pool)
         self.conv2 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
         self.conv3 = nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1)
-        self.out = nn.Linear(2 * c * (patch_size // 4) ** 2, d_model)
+        self.out = nn.Linear(2 * c * (patch_size // (4 * pool)) ** 2, d_model)
 
     def reset_parameters(self, gen: Optional[torch.Generator] = None) -> None:
         with torch.no_grad():
@@ -82,13 +101,13 @@ class ImageStem(PatchStem):
     A truncated image's missing patches are zero (mid-grey). Same parameters as PatchStem, so either loads
     the other's weights (ModelConfig.stem_scope)."""
 
-    def __init__(self, image_size: int, patch_size: int, channels: int, d_model: int):
-        super().__init__(patch_size, channels, d_model)
+    def __init__(self, image_size: int, patch_size: int, channels: int, d_model: int, pool: int = 1):
+        super().__init__(patch_size, channels, d_model, pool)
         self.g = image_size // patch_size
 
     def forward(self, patches: torch.Tensor, patch_slot: torch.Tensor, spans: Optional[list] = None) -> torch.Tensor:
         """spans: image_spans(patch_slot), where the caller has it already (it costs a device-to-host copy)."""
-        g, p, q = self.g, self.p, self.p // 4
+        g, p, q = self.g, self.p, self.p // (4 * self.pool)
         spans = image_spans(patch_slot) if spans is None else spans
         image_of = torch.repeat_interleave(torch.arange(len(spans), device=patches.device),
                                            torch.tensor([e - s for s, e in spans], device=patches.device))
@@ -109,11 +128,11 @@ class MSATransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.patch_proj = nn.Linear(cfg.patch_dim, cfg.d_model)
+        self.patch_proj = nn.Linear(cfg.pooled_patch_dim, cfg.d_model)
         self.patch_pos = nn.Embedding(cfg.patches_per_image, cfg.d_model)
         self.patch_stem = None if not cfg.patch_stem else \
-            ImageStem(cfg.image_size, cfg.patch_size, cfg.patch_stem, cfg.d_model) if cfg.stem_scope == "image" else \
-            PatchStem(cfg.patch_size, cfg.patch_stem, cfg.d_model)
+            ImageStem(cfg.image_size, cfg.patch_size, cfg.patch_stem, cfg.d_model, cfg.patch_pool) \
+            if cfg.stem_scope == "image" else PatchStem(cfg.patch_size, cfg.patch_stem, cfg.d_model, cfg.patch_pool)
         self.vision = VisionEncoder(cfg.d_model, cfg.vision_layers, cfg.n_heads, 2 * cfg.d_model, cfg.norm_eps) \
             if cfg.vision_layers else None
         self.pointer = PatchPointer(cfg.d_model, cfg.pointer_dim) if cfg.pointer_dim else None
@@ -180,10 +199,17 @@ class MSATransformer(nn.Module):
     def encode_patches(self, patches: torch.Tensor, patch_slot: torch.Tensor, dtype=None):
         """(the LM's input embeddings [P, d], the vision encoder's normed hidden state [P, d]) of the patch rows;
         without an encoder the second is the first. The hidden state is what the per-patch labels and the GUI
-        pointer read (msa_lab.train, msa_lab.vision_pretrain)."""
+        pointer read (msa_lab.train, msa_lab.vision_pretrain). patches may also be the raw pixels, uint8
+        [P, patch_dim] (0-255, patchify's layout): scaled here as patchify scales them, so training batches cross
+        process pipes and the host-to-device copy at a quarter of float32's bytes."""
+        if patches.dim() != 2 or patches.shape[1] != self.cfg.patch_dim:
+            raise ValueError(f"patch rows of shape {tuple(patches.shape)} given; this model takes [P, "
+                             f"{self.cfg.patch_dim}] ({self.cfg.patch_size}-px patches of {self.cfg.image_size}-px "
+                             f"images): encode images with msa_lab.model.tokens.encode_prompt at the model's "
+                             f"image_size and patch_size.")
         dtype = dtype or self.embed.weight.dtype
-        px = patches.to(dtype)
-        pe = self.patch_proj(px) + self.patch_pos(patch_slot)
+        px = (patches.float().div(127.5).sub(1.0) if patches.dtype == torch.uint8 else patches).to(dtype)
+        pe = self.patch_proj(pool_patches(px, self.cfg.patch_size, self.cfg.patch_pool)) + self.patch_pos(patch_slot)
         spans = None
         if isinstance(self.patch_stem, ImageStem):
             spans = image_spans(patch_slot)  # once, for the stem and the encoder
@@ -197,7 +223,8 @@ class MSATransformer(nn.Module):
     def embed_inputs(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,
                      patch_slot: Optional[torch.Tensor] = None, patch_embeds: Optional[torch.Tensor] = None
                      ) -> torch.Tensor:
-        """ids int64 [B, N], patches float [P, patch_dim] (one row per IMG_PATCH id, row-major over B, N),
+        """ids int64 [B, N], patches float [P, patch_dim] or uint8 pixels (encode_patches) (one row per IMG_PATCH
+        id, row-major over B, N),
         patch_slot int64 [P] -> x [B, N, d]. patch_embeds [P, d] (from embed_patches) replaces patches."""
         x = self.embed(ids)
         is_patch = ids == IMG_PATCH

@@ -8,7 +8,8 @@ dialog ("OK", "Cancel", "Name"), and then the instruction says which window it m
 answer: JSON {"kind": "click"|"type"|"scroll", "x": int, "y": int, "text": str|None,
 "direction": "up"|"down"|None}; (x, y) is the centre of the target box.
 meta: "size" [W, H], "box" (the target box [x0, y0, x1, y1], x1/y1 exclusive), "instruction",
-"elements" (every element drawn, with box, window and "occluded"), "target_index" into elements.
+"elements" (every element drawn, with box, window and "occluded"; a field also has "label_box", its
+"Label:" text left of the box: the ink's width, the field's height), "target_index" into elements.
 """
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ class _Screen:
 
     def field(self, x0, x1, y, label, label_w, window) -> None:
         t, fh = self.theme, self.fs + 12
-        self.text(x0, y + (fh - text_size(label, self.fs)[1]) // 2, label + ":", t.text)
+        label_box = self.text(x0, y + (fh - text_size(label, self.fs)[1]) // 2, label + ":", t.text)
         box = (x0 + label_w, y, x1, y + fh)
         _rect(self.draw, box, t.field, t.border)
         value = None
@@ -176,7 +177,8 @@ class _Screen:
             if text_size(cand, self.fs)[0] < box[2] - box[0] - 10:  # prefill only what fits
                 value = cand
                 self.text(box[0] + 5, y + (fh - text_size(cand, self.fs)[1]) // 2, cand, t.text)
-        self.add("field", label, window, box, value=value)
+        label_box = [label_box[0], y, label_box[2], y + fh]  # the ink's width, the field's row
+        self.add("field", label, window, box, value=value, label_box=[int(v) for v in label_box])
 
     def main_window(self) -> None:
         rng, t, fs = self.rng, self.theme, self.fs

@@ -105,6 +105,27 @@ def test_gui_answer_moves_to_model_pixels():
     assert b.ids.shape[1] % cfg.block_size == 0 and b.patches.shape[0] == 2 * cfg.patches_per_image
 
 
+def test_batches_carry_pixels_the_model_scales_exactly():
+    """make_batch's patch rows are the uint8 pixels (a quarter of float32's bytes through the data workers'
+    pipes); the model reads them exactly as the float rows encode_example gives."""
+    from msa_lab.model.net import MSATransformer
+    from msa_lab.model.vision import prepare_image
+
+    cfg = small_config(patch_stem=4, stem_scope="image", vision_layers=1)
+    rng = random.Random(0)
+    img = Image.frombytes("RGB", (40, 30), bytes(rng.randrange(256) for _ in range(40 * 30 * 3)))
+    ex = {"task": "image_qa", "prompt": "<image>\nWhat colour?", "images": [img], "answer": "red", "meta": "{}"}
+    b = T.make_batch([ex], cfg, "image_qa", cfg.block_size)
+    enc, _ = encode_example(ex["prompt"], [prepare_image(img, cfg.image_size)], "red", image_size=cfg.image_size,
+                            patch_size=cfg.patch_size)
+    assert b.patches.dtype == torch.uint8 and torch.equal(b.patches.float().div(127.5).sub(1.0), enc.patches)
+    torch.manual_seed(0)
+    net = MSATransformer(cfg)
+    torch.nn.init.normal_(net.patch_stem.out.weight)
+    with torch.no_grad():
+        assert torch.equal(net(b.ids, b.patches, b.patch_slot), net(b.ids, enc.patches, b.patch_slot))
+
+
 def test_task_source_falls_back_without_msa_lab_tasks(monkeypatch):
     monkeypatch.setitem(sys.modules, "msa_lab.tasks", None)  # import fails as if the package were absent
     msgs = []
@@ -440,6 +461,51 @@ def test_image_stem_convolves_whole_pictures():
             cfg.replace(**bad)
 
 
+@pytest.mark.parametrize("scope", ["patch", "image"])
+def test_patch_pool_warm_start_reads_the_larger_picture_as_before(tmp_path, scope):
+    """--patch-pool 2 at twice the image and patch size, from a checkpoint without pooling: a picture drawn at twice
+    the size (each pixel a 2x2 block) gets exactly the patch embeddings the checkpoint gave the picture; the run
+    trains, the next warm start keeps the pooling, and sizes the pooling does not divide are refused by name."""
+    from msa_lab.model.net import MSATransformer
+    from msa_lab.vision_pretrain import patchify_batch
+
+    torch.set_num_threads(1)
+    assert T.main(_args(tmp_path, "--steps", "1", "--patch-stem", "4", "--stem-scope", scope)) == 0
+    ck = tmp_path / "ck"
+    small = load_checkpoint("smoke-msa", ck)[0].float()
+    s, p = small.cfg.image_size, small.cfg.patch_size
+    big = MSATransformer(small.cfg.replace(image_size=2 * s, patch_size=2 * p, patch_pool=2)).float()
+    T.warm_start(big, str(ck))
+    assert big.patch_stem.conv1.weight.shape[-2:] == (6, 6) and big.patch_stem.conv1.stride == (2, 2)
+    assert big.patch_proj.weight.shape == small.patch_proj.weight.shape
+    torch.manual_seed(0)
+    imgs = torch.randint(0, 256, (2, 3, s, s), dtype=torch.uint8)
+    slot = torch.arange(small.cfg.patches_per_image).repeat(2)
+    with torch.no_grad():
+        want = small.encode_patches(patchify_batch(imgs, p), slot)[0]
+        blocks = imgs.repeat_interleave(2, 2).repeat_interleave(2, 3)
+        got = big.encode_patches(patchify_batch(blocks, 2 * p), slot)[0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        # detail finer than the small picture's pixels reaches the embedding (what the pooling is for)
+        detail = blocks.clone()
+        detail[:, :, ::2, ::2] = 255 - detail[:, :, ::2, ::2]
+        assert (big.encode_patches(patchify_batch(detail, 2 * p), slot)[0] - got).abs().max() > 1e-3
+        with pytest.raises(ValueError, match=f"takes \\[P, {big.cfg.patch_dim}\\]"):  # the small picture's rows
+            big.encode_patches(patchify_batch(imgs, p), slot)
+    out = tmp_path / "big"
+    assert T.main(["--smoke", "--no-progress", "--out-dir", str(out / "ck"), "--log-dir", str(out / "log"),
+                   "--steps", "1", "--init-from", str(ck), "--image-size", str(2 * s), "--patch-size", str(2 * p),
+                   "--patch-pool", "2"]) == 0
+    assert load_checkpoint("smoke-msa", out / "ck")[0].cfg.patch_pool == 2
+    assert T.build_model_config(T.TrainConfig(smoke=True, init_from=str(out / "ck"))).patch_pool == 2
+    cfg = big.cfg
+    for bad, match in [(dict(patch_pool=0), "patch_pool"), (dict(patch_pool=True), "patch_pool"),
+                       (dict(patch_pool=5), "patch_pool"), (dict(patch_stem=0, stem_scope="patch"), "needs a stem"),
+                       (dict(image_size=24, patch_size=12), "divisible by 8")]:
+        with pytest.raises(ValueError, match=match):
+            cfg.replace(**bad)
+
+
 def test_image_qa_kind_tasks_and_training_seeds():
     """image_qa_<kind> draws only that kind; training's task seeds never reach the evals' small seeds."""
     src = T.TaskSource(T.parse_tasks("image_qa_word:1,image_qa_count:1"))
@@ -501,7 +567,7 @@ def test_patch_labels_mark_what_each_patch_shows():
         assert int(lab[:, heads.index("centre")].sum()) <= len(meta["objects"])
         if meta["word"]:
             assert (lab[:, heads.index("word")] == 1 + cls["word"].index(meta["word"]["text"])).any()
-    checked = 0
+    checked = texts = 0
     for ex in iter_task("gui", 8, 3):
         lab, meta = T.patch_labels(ex, cfg), json.loads(ex["meta"])
         assert int(lab[:, heads.index("shape")].max()) == -100
@@ -518,11 +584,20 @@ def test_patch_labels_mark_what_each_patch_shows():
             assert lab[i, heads.index("gui_window")] == 1 + cls["gui_window"].index(target["window"])
             assert lab[i, heads.index("gui")] == 1 + cls["gui"].index(target["kind"])
             checked += 1
-        empty = [j for j in range(g * g) if not any(e["box"][0] <= (j % g + 0.5) * w / g < e["box"][2]
-                                                    and e["box"][1] <= (j // g + 0.5) * h / g < e["box"][3]
-                                                    for e in meta["elements"])]
-        assert all(int(lab[j, heads.index("gui_label")]) == 0 for j in empty)
-    assert checked >= 2  # the label check above ran on real targets, not only on skipped ones
+        def at(box, j):
+            return box[0] <= (j % g + 0.5) * w / g < box[2] and box[1] <= (j // g + 0.5) * h / g < box[3]
+
+        empty = [j for j in range(g * g) if not any(at(e["box"], j) for e in meta["elements"])]
+        labelled = {j: e for e in meta["elements"] if e.get("label_box") for j in empty if at(e["label_box"], j)
+                    and not (e["window"] == "main" and meta["dialog"] and at(meta["dialog"], j))}
+        # a field's "Label:" text reads as its label and window, not as a field (the pointer's target is the box)
+        for j, e in labelled.items():
+            assert lab[j, heads.index("gui_label")] == 1 + cls["gui_label"].index(e["label"])
+            assert lab[j, heads.index("gui_window")] == 1 + cls["gui_window"].index(e["window"])
+            assert lab[j, heads.index("gui")] == 0
+            texts += 1
+        assert all(int(lab[j, heads.index("gui_label")]) == 0 for j in empty if j not in labelled)
+    assert checked >= 2 and texts >= 4  # both checks ran on real targets and label texts, not only on skipped ones
     text = {"task": "niah_single", "images": [], "meta": "{}"}
     assert T.patch_labels(text, cfg).numel() == 0
 
@@ -619,3 +694,5 @@ def test_card_names_the_image_front_end():
     assert "256 tokens per image" in full and "conv stem (32 channels)" in full and "GUI pointer (width 64)" in full
     assert "over each patch" in full
     assert "over each whole picture" in _images_text({"patch_stem": 32, "stem_scope": "image"})
+    pooled = _images_text({"image_size": 512, "patch_size": 32, "patch_pool": 2, "patch_stem": 32})
+    assert "256 tokens per image, projected from 16-px average-pooled copies" in pooled

@@ -1,0 +1,14 @@
+#!/bin/bash
+# CPU probe (2026-12-08): b69a2b9e's vision stage continued for 250 updates of 32 GUI screens, three arms, the same
+# seed, schedule and held-out screens (eval seed 4242, 256 screens). .ck_r1/f held b69a2b9e with its patch heads,
+# as data/checkpoints does now.
+#   low:  256 px, 16-px patches (as shipped)
+#   high: 512 px, 32-px patches, --patch-pool 2 (the same 256 tokens from twice the pixels)
+#   text: as low, with the fields' "Label:" text supervised (msa_lab.train.patch_labels, label_box)
+# low and high ran before the label_box change; text after it.
+cd /work/main && source .venv/bin/activate
+export OMP_NUM_THREADS=2
+C="--init-from .ck_r1/f --tasks gui:1 --batch 32 --max-steps 250 --minutes 40 --lr 5e-4 --warmup-steps 10 --eval-n 256 --eval-every 3 --workers 0 --device cpu --no-progress"
+python -m msa_lab.vision_pretrain $C --out-dir /tmp/hires/low > /tmp/hires/low.stdout 2>&1
+python -m msa_lab.vision_pretrain $C --image-size 512 --patch-size 32 --patch-pool 2 --out-dir /tmp/hires/high > /tmp/hires/high.stdout 2>&1
+python -m msa_lab.vision_pretrain $C --out-dir /tmp/hires/text > /tmp/hires/text.stdout 2>&1
