@@ -223,9 +223,9 @@ class MSATransformer(nn.Module):
     def embed_inputs(self, ids: torch.Tensor, patches: Optional[torch.Tensor] = None,
                      patch_slot: Optional[torch.Tensor] = None, patch_embeds: Optional[torch.Tensor] = None
                      ) -> torch.Tensor:
-        """ids int64 [B, N], patches float [P, patch_dim] or uint8 pixels (encode_patches) (one row per IMG_PATCH
-        id, row-major over B, N),
-        patch_slot int64 [P] -> x [B, N, d]. patch_embeds [P, d] (from embed_patches) replaces patches."""
+        """ids int64 [B, N], patches [P, patch_dim] (float, or uint8 pixels: see encode_patches; one row per
+        IMG_PATCH id, row-major over B, N), patch_slot int64 [P] -> x [B, N, d]. patch_embeds [P, d] (from
+        embed_patches) replaces patches."""
         x = self.embed(ids)
         is_patch = ids == IMG_PATCH
         n_patch = int(is_patch.sum())
