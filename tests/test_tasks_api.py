@@ -39,6 +39,18 @@ def test_make_task_dataset_matches_iter_task(name, tmp_path):
     assert other["meta"] != ds["meta"]
 
 
+def test_a_generator_revision_renews_the_cache_and_keeps_the_examples(tmp_path, monkeypatch):
+    """A module's REVISION (msa_lab.tasks.schema) is in the cache key but not in the examples' RNG."""
+    import msa_lab.tasks.gui as gui
+
+    ds = make_task("gui", 2, 11, cache_dir=str(tmp_path), **SMALL["gui"])
+    fields = [e for row in ds for e in json.loads(row["meta"])["elements"] if e["kind"] == "field"]
+    assert gui.REVISION == 2 and fields and all("label_box" in e for e in fields)
+    monkeypatch.setattr(gui, "REVISION", gui.REVISION + 1)
+    again = make_task("gui", 2, 11, cache_dir=str(tmp_path), **SMALL["gui"])
+    assert again._fingerprint != ds._fingerprint and again["meta"] == ds["meta"]
+
+
 def test_make_task_bad_options_raise_before_building(tmp_path):
     with pytest.raises(ValueError, match="depth"):
         make_task("niah_single", 2, 0, cache_dir=str(tmp_path), depth=2.0)

@@ -25,6 +25,8 @@ from .draw import centre, draw_text, overlaps, text_size
 from .schema import IMAGE_TOKEN, build_dataset, check_choices, check_n_seed, check_size_range, example, example_rng
 
 TASK = "gui"
+# msa_lab.tasks.schema: 2 = fields carry "label_box" in meta (the screens and instructions are unchanged)
+REVISION = 2
 ACTIONS = ("click", "type", "scroll")
 CLICK_KINDS = ("button", "menu", "icon", "checkbox", "close")
 RGB = tuple[int, int, int]

@@ -24,6 +24,9 @@ from typing import Any, Callable, Iterator
 # Bump whenever a generator's output changes: it is part of every generator's kwargs (and of the
 # per-example RNG seed), so the datasets cache never serves data made by older code.
 TASKS_VERSION = "1"
+# A generator module's REVISION (default 1) is in its kwargs too, but not in the RNG seed: bump it when an
+# example gains a field while what is drawn and asked stays the same, so the cache is renewed and every seed
+# still gives the examples (and the eval figures) it gave before.
 
 IMAGE_TOKEN = "<image>"
 
@@ -86,6 +89,7 @@ def build_dataset(iter_path: str, task: str, n: int, seed: int, opts: dict, cach
 
     iter_fn = _resolve(iter_path)
     iter_fn(n, seed, **opts)  # validate now, so bad options fail here and not inside datasets' builder
+    revision = generator_revision(iter_path)
     try:
         opts_json = json.dumps(opts, sort_keys=True)
     except TypeError as e:
@@ -100,14 +104,22 @@ def build_dataset(iter_path: str, task: str, n: int, seed: int, opts: dict, cach
             "n": n,
             "seed": seed,
             "version": TASKS_VERSION,
+            "revision": revision,
             "opts_json": opts_json,
         },
     )
 
 
-def _generate(iter_path: str, task: str, n: int, seed: int, version: str, opts_json: str) -> Iterator[dict]:
-    if version != TASKS_VERSION:
-        raise RuntimeError(f"gen_kwargs version {version!r} != TASKS_VERSION {TASKS_VERSION!r}")
+def generator_revision(iter_path: str) -> int:
+    """The REVISION of the module that holds the generator at iter_path ("module:function"); 1 where it has none."""
+    return int(getattr(importlib.import_module(iter_path.split(":")[0]), "REVISION", 1))
+
+
+def _generate(iter_path: str, task: str, n: int, seed: int, version: str, revision: int,
+              opts_json: str) -> Iterator[dict]:
+    if version != TASKS_VERSION or revision != generator_revision(iter_path):
+        raise RuntimeError(f"gen_kwargs version {version!r} / revision {revision} != TASKS_VERSION "
+                           f"{TASKS_VERSION!r} / {iter_path}'s REVISION {generator_revision(iter_path)}")
     yield from _resolve(iter_path)(n, seed, **json.loads(opts_json))
 
 
