@@ -12,7 +12,9 @@ C="--init-from .ck_r1/f --tasks gui:1 --batch 32 --max-steps 250 --minutes 40 --
 python -m msa_lab.vision_pretrain $C --out-dir /tmp/hires/low > /tmp/hires/low.stdout 2>&1
 python -m msa_lab.vision_pretrain $C --image-size 512 --patch-size 32 --patch-pool 2 --out-dir /tmp/hires/high > /tmp/hires/high.stdout 2>&1
 python -m msa_lab.vision_pretrain $C --out-dir /tmp/hires/text > /tmp/hires/text.stdout 2>&1
-# then both 256-px arms continued side by side, one thread each, from their 250-update weights (continue_arms.py)
+# then both 256-px arms continued side by side, one thread each, from their 250-update weights (continue_arms.py).
+# With --max-steps set, vision_pretrain ignores --minutes: both were stopped by hand after ~345 updates (2,420 s),
+# so the logs end at the evals of updates 255/257 (by kind) and the stdout at 341/345 (overall).
 export OMP_NUM_THREADS=1
 C2="--tasks gui:1 --batch 32 --max-steps 1000 --minutes 40 --lr 5e-4 --warmup-steps 10 --eval-n 256 --eval-every 8 --workers 0 --device cpu --no-progress"
 P=data/train/probes/gui-reading-2026-12-08/continue_arms.py
