@@ -698,8 +698,7 @@ def warm_start(net: MSATransformer, directory: str, source: Optional[str] = None
     a, b = src.cfg.patch_pool, net.cfg.patch_pool
     # the same pooled patch (e.g. 16 px, or 32 px pooled by 2): patch_proj and the stem keep their weights, the
     # stem's first kernel spread over the larger picture's pixels (upsample_conv1)
-    pooled_same = src.cfg.patch_size // a == net.cfg.patch_size // b and b % a == 0
-    new_patch = not pooled_same
+    new_patch = not (src.cfg.patch_size // a == net.cfg.patch_size // b and b % a == 0)
     if new_patch:  # another patch size: the pixels-to-embedding map has another shape and starts fresh
         for k in [k for k in state if k.startswith(("patch_proj.", "patch_stem."))]:
             del state[k]

@@ -11,5 +11,7 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 # convolves whole pictures unless STEM_SCOPE=patch (data/train/probes/stem-2026-12-07). IMAGE_SIZE=512 PATCH_SIZE=32
 # PATCH_POOL=2: the same 256 tokens per picture read from twice the pixels (ModelConfig.patch_pool; a warm start
 # from the 256-px checkpoint computes what it did, data/train/probes/hires-2026-12-08)
-FRONT_END="--image-size ${IMAGE_SIZE:-256} --patch-size ${PATCH_SIZE:-16} --patch-pool ${PATCH_POOL:-1}"
-FRONT_END="$FRONT_END --patch-stem 32 --pointer-dim 64 --stem-scope ${STEM_SCOPE:-image}"
+front_end() {  # image side, patch side, pool
+  echo "--image-size $1 --patch-size $2 --patch-pool $3 --patch-stem 32 --pointer-dim 64 --stem-scope ${STEM_SCOPE:-image}"
+}
+FRONT_END=$(front_end ${IMAGE_SIZE:-256} ${PATCH_SIZE:-16} ${PATCH_POOL:-1})

@@ -13,9 +13,8 @@
 W=/tmp/rres OMP_NUM_THREADS=2
 source scripts/device_reader_env.sh
 for side in 256 512; do
-  fe=$(echo "$FRONT_END" | sed -e "s/--image-size [0-9]*/--image-size $side/" \
-    -e "s/--patch-size [0-9]*/--patch-size $((side / 16))/" -e "s/--patch-pool [0-9]*/--patch-pool $((side / 256))/")
-  python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} $fe --minutes ${V_MIN:-4.5} \
+  python -m msa_lab.vision_pretrain --init-from ${V_INIT:-data/checkpoints} \
+    $(front_end $side $((side / 16)) $((side / 256))) --minutes ${V_MIN:-4.5} \
     --workers 7 --batch ${V_BATCH:-64} --lr ${V_LR:-1e-3} --replay ${V_REPLAY:-4} \
     --tasks ${V_TASKS:-gui:3,image_qa:1,image_qa_word:1} --no-progress --out-dir $W/r$side > $W/r$side.stdout 2>&1 &
 done
